@@ -1,0 +1,310 @@
+"""SFT through TRL's SFTTrainer on data qwenft tokenized and masked itself.
+
+Order of work: everything that can be wrong with the recipe or the data is
+checked (and the mask audit run) before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ResolvedBase, library_versions, log, resolve_base
+from .config import Recipe
+from .data import DataReport, load_data
+from .errors import UserError
+from .masking import MaskAudit, audit, enforce, tokenize_rows
+from .model import attach_adapter, device_of, load_base_model, load_tokenizer
+from .runs import (COMPLETE_MARKER, complete_checkpoints, replace_dir, temp_dir_beside,
+                   write_json_atomic, write_text_atomic)
+from .template import template_hash
+
+
+@dataclass
+class Prepared:
+    """Everything checked before the model loads."""
+
+    recipe: Recipe
+    base: ResolvedBase
+    tokenizer: object
+    data: DataReport
+    train_examples: list
+    val_examples: list
+    audit: MaskAudit
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Validate data, render, mask and audit; raise UserError before any weights load."""
+    data = load_data(recipe.data, recipe.seed)
+    for b in data.skipped:
+        log(f"skipped bad row {b}")
+    if data.skipped:
+        log(f"skipped {len(data.skipped)} bad row(s) (data.on_bad_row: skip); see the list above and data_report.json")
+    base = resolve_base(recipe.model.base_model, allow_stand_in=recipe.model.allow_stand_in)
+    tok = load_tokenizer(base.path, recipe)
+    train = tokenize_rows(tok, data.train, max_length=recipe.data.max_length,
+                          train_on=recipe.masking.train_on, system_policy=recipe.data.system_prompt)
+    val = tokenize_rows(tok, data.validation, max_length=recipe.data.max_length,
+                        train_on=recipe.masking.train_on, system_policy=recipe.data.system_prompt)
+    a = audit(train + val, recipe.masking)
+    return Prepared(recipe, base, tok, data, train, val, a)
+
+
+def estimate(p: Prepared) -> dict:
+    r = p.recipe
+    per_step = r.training.batch_size * r.training.gradient_accumulation_steps * world_size()
+    n = len(p.train_examples)
+    steps_per_epoch = max(1, -(-n // per_step))
+    steps = r.training.max_steps if r.training.max_steps > 0 else int(round(steps_per_epoch * r.training.epochs))
+    tokens = sum(len(e.input_ids) for e in p.train_examples)
+    trained = sum(e.n_trained for e in p.train_examples)
+    return {"train_examples": n, "validation_examples": len(p.val_examples),
+            "examples_per_step": per_step, "steps": steps, "steps_per_epoch": steps_per_epoch,
+            "tokens_per_epoch": tokens, "trained_tokens_per_epoch": trained,
+            "epochs_covered": steps / steps_per_epoch}
+
+
+def _to_dataset(examples):
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
+                                       "labels": [e.labels for e in examples]})
+
+
+def _sft_config(recipe: Recipe, run_dir: Path, device: str, has_val: bool):
+    import torch
+    from trl import SFTConfig
+
+    t = recipe.training
+    dtype = recipe.model.dtype
+    use_bf16 = device == "cuda" and dtype in ("bf16", "auto") and torch.cuda.is_bf16_supported()
+    use_fp16 = device == "cuda" and dtype == "fp16"
+    report = ["wandb"] if t.report_to == "wandb" else []
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        seed=t.seed if t.seed is not None else recipe.seed,
+        data_seed=recipe.seed,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if t.eval_steps else "no") if has_val else "no",
+        eval_steps=t.eval_steps,
+        report_to=report,
+        run_name=recipe.run_name,
+        bf16=use_bf16,
+        fp16=use_fp16,
+        use_cpu=device == "cpu",
+        # qwenft truncates and masks itself; TRL must not re-tokenize or re-truncate.
+        max_length=None,
+        packing=False,
+        padding_free=t.packing,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        gradient_checkpointing=False,  # handled in model.attach_adapter (needs input grads with PEFT)
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        save_only_model=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _callbacks(run_dir: Path):
+    from transformers import TrainerCallback
+
+    class MetricsToJsonl(TrainerCallback):
+        """Always a local metrics.jsonl, whatever tracker is on."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            rec = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    class MarkComplete(TrainerCallback):
+        """A checkpoint counts only once this marker exists (Trainer writes in place)."""
+
+        def on_save(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                write_json_atomic(ckpt / COMPLETE_MARKER, {"step": state.global_step, "time": time.time()})
+
+    class StopOnSignal(TrainerCallback):
+        """SIGINT/SIGTERM: save a checkpoint at the end of this step and stop cleanly."""
+
+        def __init__(self):
+            self.requested = None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handler)
+
+        def _handler(self, signum, frame):
+            if self.requested is not None:  # second signal: give up at once
+                raise KeyboardInterrupt
+            self.requested = signal.Signals(signum).name
+            log(f"{self.requested} received: saving a checkpoint after this step, then stopping "
+                f"(send it again to abort without saving)")
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return [MetricsToJsonl(), MarkComplete(), StopOnSignal()]
+
+
+def resume_point(recipe: Recipe, run_dir: Path) -> str | None:
+    mode = recipe.training.resume
+    ckroot = run_dir / "checkpoints"
+    if mode in ("false",):
+        return None
+    if mode in ("auto", "true"):
+        done = complete_checkpoints(ckroot, warn=log)
+        return str(done[-1]) if done else None
+    p = Path(mode)
+    if not (p / COMPLETE_MARKER).is_file():
+        raise UserError(f"training.resume={mode} is not a complete qwenft checkpoint (no {COMPLETE_MARKER}); "
+                        f"use resume: auto to pick the last complete one.")
+    return str(p)
+
+
+def write_run_record(run_dir: Path, p: Prepared, status: str, extra: dict | None = None) -> None:
+    if not is_main_process():
+        return
+    rec = {
+        "status": status,
+        "run_name": p.recipe.run_name,
+        "base": p.base.record(),
+        "base_label": p.base.label,
+        "recipe": p.recipe.to_dict(),
+        "recipe_source": p.recipe.source_path,
+        "library_versions": library_versions(),
+        "chat_template_sha256": template_hash(p.tokenizer),
+        "data": p.data.summary(),
+        "mask_audit": p.audit.to_dict(),
+        "estimate": estimate(p),
+        "world_size": world_size(),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if extra:
+        rec.update(extra)
+    write_json_atomic(run_dir / "run.json", rec)
+
+
+def _save_adapter(trainer, tokenizer, run_dir: Path) -> Path:
+    dest = run_dir / "adapter"
+    tmp = temp_dir_beside(dest)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if not (tmp / "chat_template.jinja").is_file() and tokenizer.chat_template:
+        write_text_atomic(tmp / "chat_template.jinja", tokenizer.chat_template)
+    replace_dir(tmp, dest)
+    return dest
+
+
+def train(recipe: Recipe) -> Path:
+    """Run a recipe end to end: validate, audit, train, save the adapter and records."""
+    t0 = time.time()
+    p = prepare(recipe)
+    run_dir = recipe.run_dir.resolve()
+    enforce(p.audit)
+    if recipe.training.resume == "false" and (run_dir / "checkpoints").exists() and is_main_process():
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoints")
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "mask_audit.json", p.audit.to_dict())
+        write_json_atomic(run_dir / "data_report.json", p.data.summary())
+        write_text_atomic(run_dir / "recipe.resolved.yaml", _yaml(recipe.to_dict()))
+        write_run_record(run_dir, p, "running")
+    device = device_of(recipe)
+    est = estimate(p)
+    log(f"base model: {p.base.label}")
+    log(f"device: {device}; world size {world_size()}; per-device batch {recipe.training.batch_size} x "
+        f"grad accum {recipe.training.gradient_accumulation_steps} x {world_size()} processes = "
+        f"{est['examples_per_step']} examples per optimizer step; learning rate "
+        f"{recipe.training.learning_rate} (not scaled with world size); each process gets "
+        f"1/{world_size()} of every global batch")
+    log(f"data: {est['train_examples']} train / {est['validation_examples']} validation examples; "
+        f"{est['steps']} steps; {est['trained_tokens_per_epoch']} of {est['tokens_per_epoch']} tokens "
+        f"trained per epoch ({p.audit.trained_fraction:.1%})")
+    if recipe.training.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+        log("wandb: no API key set, logging offline")
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(recipe.seed)
+    model = load_base_model(p.base.path, recipe, device)
+    model = attach_adapter(model, recipe)
+    args = _sft_config(recipe, run_dir, device, bool(p.val_examples))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_to_dataset(p.train_examples),
+                         eval_dataset=_to_dataset(p.val_examples) if p.val_examples else None,
+                         processing_class=p.tokenizer, callbacks=_callbacks(run_dir))
+    ckpt = resume_point(recipe, run_dir)
+    if ckpt:
+        log(f"resuming from {ckpt}")
+    try:
+        result = trainer.train(resume_from_checkpoint=ckpt)
+    except OSError as e:
+        if e.errno == 28:
+            raise UserError(f"Disk full while training/checkpointing into {run_dir} ({e}). Earlier "
+                            f"complete checkpoints are intact; free space and rerun with resume: auto.") from None
+        raise
+    stopped_early = trainer.state.global_step < trainer.state.max_steps
+    metrics = {"train_runtime_s": round(time.time() - t0, 2), "global_step": trainer.state.global_step,
+               "max_steps": trainer.state.max_steps, "train_loss": result.training_loss}
+    if p.val_examples and is_main_process():
+        metrics.update({k: v for k, v in trainer.evaluate().items()})
+    if is_main_process():
+        from .report import plot_loss
+
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{recipe.run_name} — {p.base.label[:60]}")
+        if stopped_early:
+            write_run_record(run_dir, p, "interrupted", {"metrics": metrics})
+            log(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}; rerun with "
+                f"resume: auto to continue")
+        else:
+            adapter = _save_adapter(trainer, p.tokenizer, run_dir)
+            write_run_record(run_dir, p, "completed", {"metrics": metrics, "adapter": str(adapter)})
+            log(f"adapter saved to {adapter}")
+    return run_dir
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def main_exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
