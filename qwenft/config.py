@@ -8,6 +8,8 @@ overrides the parent key by key, lists are replaced whole. Command-line override
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -241,6 +243,8 @@ def _convert(value: Any, tp, key: str, errs: _Errors, meta: dict | None = None):
         _, vt = typing.get_args(tp)
         return {str(k): _convert(v, vt, f"{key}.{k}", errs) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if value is None and _all_defaults(tp):
+            value = {}  # `lora:` with nothing under it: the section's defaults
         if not isinstance(value, dict):
             errs.add(key, f"got {value!r}, expected a mapping of {tp.__name__} keys")
             return tp() if _all_defaults(tp) else None
@@ -266,12 +270,22 @@ def _convert(value: Any, tp, key: str, errs: _Errors, meta: dict | None = None):
         errs.add(key, f"got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
         return value
     lo, hi = meta.get("min"), meta.get("max")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if lo is not None and value < lo:
-            errs.add(key, f"{value} is below the minimum {lo}")
-        if hi is not None and value > hi:
-            errs.add(key, f"{value} is above the maximum {hi}")
+    if isinstance(value, float) and not math.isfinite(value):
+        errs.add(key, f"got {value}, expected a finite number{_range_text(lo, hi)}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            errs.add(key, f"{value} is out of range; allowed{_range_text(lo, hi)}")
     return value
+
+
+def _range_text(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f" {lo} <= value <= {hi}"
+    if lo is not None:
+        return f" value >= {lo}"
+    if hi is not None:
+        return f" value <= {hi}"
+    return ""
 
 
 def _all_defaults(cls) -> bool:
@@ -312,6 +326,48 @@ def _deep_merge(parent: dict, child: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2, what people write) and refuses
+    duplicate keys (PyYAML silently keeps the last one)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _construct_mapping_no_dupes(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the base constructor reports unhashable keys
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"key '{key}' appears twice (first at line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_dupes)
+
+
+def yaml_load(text: str):
+    """Parse YAML like every qwenft recipe and override is parsed."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"Recipe file {path} does not exist. Check the path (recipes live in "
@@ -319,36 +375,48 @@ def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise UserError(f"Recipe path {path} is a directory; give a .yaml file inside it.")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"Recipe {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8.") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"Cannot read recipe {path}: {e.strerror or e}. Check the file's permissions.") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"Recipe {path} is not UTF-8 text ({e.reason}: byte 0x{raw[e.start]:02x} at line "
+                        f"{line}); save it as UTF-8.") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"Recipe {path} is not valid YAML{where}: {problem}. Fix the syntax there.") from None
+        raise UserError(f"Recipe {path} is not valid YAML{where}: {problem}. Fix the syntax there "
+                        f"(indent with spaces, 'key: value', quote values containing ': ' or '#').") from None
     if data is None:
-        data = {}
+        raise UserError(f"Recipe {path} is empty. A recipe is a YAML mapping of sections, at least "
+                        f"`data: {{sources: [{{path: train.jsonl}}]}}`, or `extends: <another recipe>` "
+                        f"(see configs/sft.yaml).")
     if not isinstance(data, dict):
-        raise UserError(f"Recipe {path} must be a YAML mapping of sections (model:, data:, ...), "
-                        f"got {type(data).__name__}.")
+        raise UserError(f"Recipe {path} must be a YAML mapping of sections (run_name:, model:, data:, "
+                        f"training:, ...), got a {type(data).__name__} at the top level.")
     return data
 
 
 def _load_chain(path: Path, seen: tuple = ()) -> dict:
     path = path.resolve()
     if path in seen:
-        raise UserError(f"Recipe {path} extends itself through {' -> '.join(map(str, seen))}; remove the cycle.")
+        chain = " -> ".join(str(p) for p in seen + (path,))
+        raise UserError(f"Recipe {seen[-1]}: extends makes a cycle ({chain}); remove the `extends:` "
+                        f"that points back.")
     data = read_yaml(path)
     parent = data.pop("extends", None)
     base_dir = path.parent
     _absolutise_paths(data, base_dir)
     if parent is None:
         return data
-    if not isinstance(parent, str):
-        raise UserError(f"Recipe {path}: extends must be a path string, got {parent!r}.")
+    if not isinstance(parent, str) or not parent.strip():
+        raise UserError(f"Recipe {path}: extends must be one path string (relative to the recipe "
+                        f"file), got {parent!r}.")
     ppath = (base_dir / parent)
     if not ppath.exists():
         raise UserError(f"Recipe {path}: extends: {parent} -> {ppath} does not exist; fix the "
@@ -357,14 +425,23 @@ def _load_chain(path: Path, seen: tuple = ()) -> dict:
 
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# Names that are surely meant as files (so a missing one is reported as a missing file, and an
+# unsupported one as such, instead of being tried as a Hub dataset id).
+FILE_LIKE_SUFFIXES = DATA_SUFFIXES + (".txt", ".tsv", ".gz", ".zip", ".xlsx", ".xls", ".arrow",
+                                      ".yaml", ".yml", ".md", ".jsonl.gz")
+
+
+def looks_like_file(p: str) -> bool:
+    return (Path(p).is_absolute() or p.startswith((".", "~"))
+            or Path(p).suffix.lower() in FILE_LIKE_SUFFIXES)
 
 
 def _resolve_data_path(p: str, base_dir: Path) -> str:
     """A file path is relative to the recipe; anything else that is not a file is a Hub id."""
     if Path(p).is_absolute():
         return p
-    cand = base_dir / p
-    if cand.exists() or p.lower().endswith(DATA_SUFFIXES) or p.startswith("."):
+    cand = base_dir / Path(p).expanduser()
+    if cand.exists() or looks_like_file(p):
         return str(cand.resolve())
     return p
 
@@ -396,28 +473,50 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"Override '{text}' has an empty key; write section.key=value.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
 
 
+_INDEXED = re.compile(r"^(\w+)\[(\d+)\]$")
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    data = dict(data)
+    """Apply `section.key=value` overrides (a list item: `data.sources[0].weight=0.5`)."""
+    import copy
+
+    data = copy.deepcopy(data)
     for ov in overrides:
         parts, value = parse_override(ov)
         cur = data
-        for p in parts[:-1]:
-            nxt = cur.get(p)
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            m = _INDEXED.match(p)
+            name, index = (m.group(1), int(m.group(2))) if m else (p, None)
+            if index is not None:
+                lst = cur.get(name)
+                if not isinstance(lst, list) or index >= len(lst):
+                    n = len(lst) if isinstance(lst, list) else 0
+                    raise UserError(f"Override '{ov}': {'.'.join(parts[:depth] + [name])} has {n} "
+                                    f"item(s), so [{index}] does not exist; indices start at 0.")
+                if last:
+                    lst[index] = value
+                    break
+                if not isinstance(lst[index], dict):
+                    raise UserError(f"Override '{ov}': {'.'.join(parts[:depth + 1])} is not a section.")
+                cur = lst[index]
+                continue
+            if last:
+                cur[name] = value
+                break
+            nxt = cur.get(name)
+            if nxt is None:
+                nxt = cur[name] = {}
             if not isinstance(nxt, dict):
-                nxt = {} if nxt is None else nxt
-                if not isinstance(nxt, dict):
-                    raise UserError(f"Override '{ov}': '{p}' is not a section.")
-                cur[p] = nxt = dict(nxt)
-            else:
-                cur[p] = nxt = dict(nxt)
+                raise UserError(f"Override '{ov}': '{'.'.join(parts[:depth + 1])}' is a value "
+                                f"({nxt!r}), not a section; write {'.'.join(parts[:depth + 1])}=VALUE.")
             cur = nxt
-        cur[parts[-1]] = value
     return data
 
 
@@ -439,9 +538,17 @@ def _check_semantics(r: Recipe, errs: _Errors) -> None:
         errs.add("quantization.compute_dtype", "bf16 compute with fp16 weights mixes dtypes; use fp16 or set model.dtype: bf16")
     if not r.run_name or "/" in r.run_name or r.run_name.startswith("."):
         errs.add("run_name", f"'{r.run_name}' must be a plain directory name (no '/', not starting with '.')")
-    for i, s in enumerate(r.data.sources + r.data.validation_sources):
-        if not s.path:
-            errs.add(f"data.sources[{i}].path", "is empty")
+    for name in ("sources", "validation_sources"):
+        for i, s in enumerate(getattr(r.data, name)):
+            if s is not None and not str(s.path).strip():
+                errs.add(f"data.{name}[{i}].path", "is empty; give a .jsonl/.json/.parquet/.csv file "
+                                                   "(relative to the recipe) or a Hub dataset id")
+    if t.max_steps <= 0 and t.epochs == 0:
+        errs.add("training.epochs", "is 0 and training.max_steps is not set, so nothing would be "
+                                    "trained; set epochs > 0 or max_steps > 0")
+    if isinstance(r.lora.target_modules, list) and not r.lora.target_modules:
+        errs.add("lora.target_modules", "is an empty list; use 'all-linear' or name modules "
+                                        "(q_proj, k_proj, v_proj, o_proj, ...)")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

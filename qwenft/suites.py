@@ -58,13 +58,19 @@ def _short(text: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _suggest(word: str, choices) -> str:
+    """"Did you mean 'x'? " (with a trailing space) or ""."""
+    hint = did_you_mean(word, choices).strip()
+    return f"{hint} " if hint else ""
+
+
 def _check_keys(obj: dict) -> None:
     unknown = [k for k in obj if k not in ALLOWED_KEYS]
     if unknown:
-        key = unknown[0]
-        raise _RowProblem(
-            f"unknown key '{_short(key, 40)}'.{did_you_mean(key, ALLOWED_KEYS)}",
-            f"fix: use only {', '.join(ALLOWED_KEYS)}")
+        names = ", ".join(f"'{_short(k, 40)}'" for k in unknown[:5])
+        raise _RowProblem(f"unknown key{'s' if len(unknown) > 1 else ''} {names}",
+                          f"fix: {_suggest(unknown[0], ALLOWED_KEYS)}Use only "
+                          f"{', '.join(ALLOWED_KEYS)}")
 
 
 def _check_schema(obj: dict) -> dict:
@@ -106,9 +112,8 @@ def _check_messages(obj: dict) -> list[dict]:
                               "fix: write each message as {\"role\": ..., \"content\": \"...\"}")
         if m.get("role") not in ROLES:
             role = _short(m.get("role"), 30)
-            raise _RowProblem(
-                f"messages[{i}] has role '{role}'.{did_you_mean(role, ROLES)}",
-                f"fix: use one of {', '.join(ROLES)}")
+            raise _RowProblem(f"messages[{i}] has role '{role}'",
+                              f"fix: {_suggest(role, ROLES)}Use one of {', '.join(ROLES)}")
     if messages[-1]["role"] != "user":
         raise _RowProblem(f"the last message is from '{messages[-1]['role']}', not the user",
                           "fix: end with the user's message; the model writes the reply")

@@ -703,8 +703,16 @@ def make_schema_following_suite(n: int, seed: int = 2) -> list[dict]:
 def _user_texts(row: dict) -> list[str]:
     if isinstance(row.get("prompt"), str):
         return [row["prompt"]]
-    return [m.get("content", "") for m in row.get("messages", [])
-            if isinstance(m, dict) and m.get("role") == "user"]
+    return [m["content"] for m in row.get("messages", [])
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
+
+
+def _all_texts(row: dict) -> list[str]:
+    texts = [m["content"] for m in row.get("messages", [])
+             if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    if isinstance(row.get("prompt"), str):
+        texts.append(row["prompt"])
+    return texts
 
 
 def _embedded_objects(text: str) -> list[Any]:
@@ -728,7 +736,7 @@ def _training_schemas(train_rows: list[dict]) -> set[str]:
             schemas.add(canonical(row["schema"]))
         for text in _user_texts(row):
             for obj in _embedded_objects(text):
-                if isinstance(obj, dict) and "type" in obj:
+                if isinstance(obj, dict):
                     schemas.add(canonical(obj))
     return schemas
 
@@ -740,11 +748,8 @@ def check_no_overlap(train_rows: list[dict], suite_rows: list[dict]) -> list[str
     - no schema of a held-out slice (any slice except in_distribution/train_types)
       appears, canonically, anywhere in a training prompt.
     """
-    train_blob = "\x00".join(
-        m.get("content", "") for r in train_rows for m in r.get("messages", [])
-        if isinstance(m, dict) and isinstance(m.get("content"), str))
-    train_blob += "\x00" + "\x00".join(t for r in train_rows if "messages" not in r
-                                       for t in _user_texts(r))
+    # One NUL-separated blob makes "appears anywhere in training" a single substring test.
+    train_blob = "\x00".join(t for r in train_rows for t in _all_texts(r))
     seen_schemas = _training_schemas(train_rows)
     problems = []
     for i, row in enumerate(suite_rows):

@@ -11,6 +11,7 @@ to labels. No marker strings are matched.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import json
@@ -43,7 +44,9 @@ def export_chat_template(template: str, policy: str, default_system: str | None)
     if policy == "default" or not default_system or default_system not in template:
         return template
     text = "" if policy == "none" else policy
-    return template.replace(default_system, text.replace("'", "\\'"))
+    # The default sits in single- and double-quoted Jinja string literals: escape for both.
+    esc = text.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
+    return template.replace(default_system, esc)
 
 
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -74,6 +77,14 @@ def render(tokenizer, messages: list[dict], tools=None, add_generation_prompt: b
     if tools:
         kwargs["tools"] = tools
     return tokenizer.apply_chat_template(messages, **kwargs)
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The id of the token that closes a turn: <|im_end|> for ChatML templates, else eos."""
+    tid = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+        return tid
+    return tokenizer.eos_token_id
 
 
 def template_hash(tokenizer) -> str:
@@ -127,17 +138,20 @@ def tokenize_example(tokenizer, messages: list[dict], tools=None, *, max_length:
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
     span_last_token = []
+    starts = [s for s, _ in offsets]
+    ordered = all(x <= y for x, y in zip(starts, starts[1:]))
     for a, b in spans:
         last = None
-        for t, (s, e) in enumerate(offsets):
-            # A token belongs to a span when it starts inside it.
-            if a <= s < b:
-                labels[t] = ids[t]
-                last = t
+        # A token belongs to a span when it starts inside it.
+        cand = (range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)) if ordered
+                else [t for t, s in enumerate(starts) if a <= s < b])
+        for t in cand:
+            labels[t] = ids[t]
+            last = t
         span_last_token.append(last)
     cut_chars = offsets[max_length - 1][1] if len(ids) > max_length else len(full)
     n_trunc = sum(1 for a, b in spans if b > cut_chars)
-    eot = tokenizer.eos_token_id
+    eot = end_of_turn_id(tokenizer)
     im_end_ok = all(
         last is not None and ids[last] == eot
         for (a, b), last in zip(spans, span_last_token) if b <= cut_chars)
@@ -148,16 +162,21 @@ def tokenize_example(tokenizer, messages: list[dict], tools=None, *, max_length:
 
 def show_trained(tokenizer, ex: Example, open_mark: str = "[[", close_mark: str = "]]") -> str:
     """The rendered example with trained tokens wrapped in markers, for `qwenft validate`."""
-    out, inside = [], False
+    # Decode runs of tokens together so characters split over several tokens stay whole.
+    out, run, inside = [], [], False
     for tid, lab in zip(ex.input_ids, ex.labels):
-        piece = tokenizer.decode([tid])
         trained = lab != IGNORE_INDEX
+        if trained != inside and run:
+            out.append(tokenizer.decode(run))
+            run = []
         if trained and not inside:
             out.append(open_mark)
         if not trained and inside:
             out.append(close_mark)
         inside = trained
-        out.append(piece)
+        run.append(tid)
+    if run:
+        out.append(tokenizer.decode(run))
     if inside:
         out.append(close_mark)
     return "".join(out)

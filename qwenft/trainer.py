@@ -244,6 +244,9 @@ def train(recipe: Recipe) -> Path:
         write_json_atomic(run_dir / "data_report.json", p.data.summary())
         write_text_atomic(run_dir / "recipe.resolved.yaml", _yaml(recipe.to_dict()))
         write_run_record(run_dir, p, "running")
+        # A few validation conversations travel with the run: merge parity and template parity use them.
+        sample = [{"messages": r.messages, "tools": r.tools} for r in (p.data.validation or p.data.train)[:8]]
+        write_text_atomic(run_dir / "val_samples.jsonl", "".join(json.dumps(x) + "\n" for x in sample))
     device = device_of(recipe)
     est = estimate(p)
     log(f"base model: {p.base.label}")

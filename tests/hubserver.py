@@ -65,6 +65,7 @@ KINDS = (
     "lfs_batch",
     "lfs_upload",
     "resolve",
+    "agent_harnesses",
     "unknown",
 )
 
@@ -146,12 +147,13 @@ class _Fault:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra=None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.extra = extra or {}  # more JSON fields in the error body
 
 
 def _now() -> str:
@@ -239,6 +241,10 @@ class FakeHub:
         with self._lock:
             self._faults.append(_Fault(kind=kind, remaining=n, delay=seconds))
 
+    def add_read_only_token(self, token: str) -> None:
+        """Accept `token` for reads only: writes with it get 403."""
+        self._read_only_tokens.add(token)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -251,7 +257,9 @@ class FakeHub:
     def _take_fault(self, kind: str) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.remaining > 0 and (fault.kind is None or fault.kind == kind):
+                # A fault for any kind skips huggingface_hub's side-channel registry probe,
+                # which it makes at most once per process and whose failure it ignores.
+                if fault.remaining > 0 and (fault.kind == kind or (fault.kind is None and kind != "agent_harnesses")):
                     fault.remaining -= 1
                     return fault
             return None
@@ -366,6 +374,7 @@ _ROUTES = [
     ("POST", re.compile(r"^/api/repos/create$"), "create"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
     ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
+    ("GET", re.compile(r"^/api/agent-harnesses$"), "agent_harnesses"),
     ("GET", re.compile(rf"^/api/models/{_REPO}/refs$"), "refs"),
     ("POST", re.compile(rf"^/api/models/{_REPO}/branch/(?P<branch>[^/]+)$"), "branch"),
     ("POST", re.compile(rf"^/api/models/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
@@ -490,7 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
             if err.code:
                 headers["X-Error-Code"] = err.code
             try:
-                self._json(err.status, {"error": err.message}, headers)
+                self._json(err.status, {"error": err.message, **err.extra}, headers)
             except OSError:
                 self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
@@ -504,6 +513,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     # ----------------------------------------------------------- endpoints
+    def _h_agent_harnesses(self, req):
+        # huggingface_hub fetches this registry when it first builds a user agent. Answering
+        # 404 keeps it from caching a copy under the user's HF_HOME.
+        raise _HTTPError(404, "fake hub: no agent harness registry")
+
     def _h_unknown(self, req):
         raise _HTTPError(404, f"fake hub: no route for {req.method} {req.path}")
 
@@ -522,7 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{namespace}/{name}"
         url = hub._url(f"/{repo_id}")
         if repo_id in hub.repos:
-            raise _HTTPError(409, "You already created this model repo", headers={})
+            raise _HTTPError(409, "You already created this model repo", extra={"url": url})
         visibility = data.get("visibility")
         private = bool(data.get("private")) or visibility == "private"
         repo = Repo(repo_id=repo_id, private=private, visibility=visibility, created_at=_now())
