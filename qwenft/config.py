@@ -438,7 +438,7 @@ def looks_like_file(p: str) -> bool:
 
 def _resolve_data_path(p: str, base_dir: Path) -> str:
     """A file path is relative to the recipe; anything else that is not a file is a Hub id."""
-    if Path(p).is_absolute():
+    if Path(p).is_absolute() or not p.strip():
         return p
     cand = base_dir / Path(p).expanduser()
     if cand.exists() or looks_like_file(p):

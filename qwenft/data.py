@@ -362,10 +362,10 @@ def validate_messages(msgs: list) -> str | None:
         if content is not None and not isinstance(content, str):
             hint = "; join the text parts into one string" if isinstance(content, list) else ""
             return f"message {j} ({role}) content must be a string, got {type(content).__name__}{hint}"
-        for tok in CONTROL_TOKENS:
-            if content and tok in content:
-                return (f"message {j} ({role}) contains the control token {tok}, which the tokenizer "
-                        f"turns into a real turn marker; remove it from the text")
+        found = [tok for tok in CONTROL_TOKENS if content and tok in content]
+        if found:
+            return (f"message {j} ({role}) contains the control token(s) {', '.join(found)}, which the "
+                    f"tokenizer turns into real turn markers; remove them from the text")
         if role == "system" and j != 0:
             return f"message {j} is a system message after the start; move it first"
         if role == "assistant":

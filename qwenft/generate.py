@@ -259,6 +259,7 @@ class _GrammarCache:
         self.vocab_size = vocab_size
         self.grammars: dict[str, object] = {}
         self.errors: dict[str, str] = {}
+        self.closing = ClosingTokens(tokenizer, vocab_size)
 
     def get(self, schema) -> tuple[object | None, str | None]:
         key = canonical_schema(schema)
@@ -273,7 +274,10 @@ class _GrammarCache:
                 # Compact JSON (any_whitespace=False): a weak model cannot loop on
                 # whitespace, and answers cost fewer tokens; the model loses its own
                 # pretty-printing, which no metric here scores.
-                g = self.compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+                # The schema as written, not the sorted cache key: xgrammar emits properties
+                # in schema order, and the prompt shows the model that order.
+                g = self.compiler.compile_json_schema(json.dumps(schema, ensure_ascii=False),
+                                                      any_whitespace=False, strict_mode=True)
         except Exception as e:  # noqa: BLE001 - any compile failure is reported, not fatal
             msg = f"{type(e).__name__}: {e}".strip()
             self.errors[key] = msg[:500]
@@ -300,6 +304,58 @@ def canonical_schema(schema) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+class ClosingTokens:
+    """Token ids that wrap a JSON answer up, read from the byte-level token strings (space = 'Ġ').
+
+    in_string: tokens that start with '"' followed only by closers/commas ('"', '"}',
+    '",', '"]}'): they end the string being written. outside: ']'/'}' runs (close a
+    container), then ',' runs (move on to the next required key), then '""' (a whole
+    empty string value), then '"' (open a key/value string the next step closes).
+    """
+
+    def __init__(self, tokenizer, vocab_size: int):
+        strs = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
+        self.strs = [t or "" for t in strs]
+
+        def ids(pred):
+            return torch.tensor([i for i, t in enumerate(self.strs) if t and pred(t)], dtype=torch.long)
+
+        def only(t, chars):
+            return set(t) <= set(chars) and bool(set(t) - {"Ġ"})
+
+        self.in_string = ids(lambda t: t[0] == '"' and set(t[1:]) <= set('"]},Ġ')
+                             and t.count('"') == 1)
+        self.closers = ids(lambda t: only(t, "]}Ġ"))
+        self.commas = ids(lambda t: only(t, ",Ġ"))
+        self.empty_strings = ids(lambda t: only(t, '"Ġ') and t.count('"') == 2)
+        self.quotes = ids(lambda t: only(t, '"Ġ') and t.count('"') == 1)
+
+
+def _scan_string_state(piece: str, in_string: bool, escaped: bool) -> tuple[bool, bool]:
+    """Advance a compact-JSON lexer over one token's byte-level text: are we inside a string?"""
+    for ch in piece:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+    return in_string, escaped
+
+
+def default_close_reserve(max_new_tokens: int) -> int:
+    """Tokens kept at the end of the budget for closing the JSON (see RowGrammarProcessor).
+
+    A third of the budget, at most 64: enough to close an object with several
+    required keys still missing; with the default 256-token budget, closing starts
+    at token 192, past any real answer to the shipped suites (40-120 tokens).
+    """
+    return max(1, min(64, max_new_tokens // 3))
+
+
 class RowGrammarProcessor:
     """Per-row grammar masks for HF generate; a None grammar leaves its row unconstrained.
 
@@ -307,28 +363,45 @@ class RowGrammarProcessor:
     row, but it cannot leave a row free (a schema that failed to compile) and asserts on
     every accepted token; this is the same loop with those two cases handled. One
     instance per generate() call: matchers hold the rows' state.
+
+    Budget-aware closing: a grammar only keeps the output a prefix of a valid document;
+    a model that never closes a string or keeps adding digits (a random model does,
+    a looping fine-tune can) would still be cut by max_new_tokens and be invalid. From
+    step `close_after` on, grammar-allowed tokens that wrap the answer up get a large
+    bonus (see ClosingTokens; a small lexer tracks whether the row is inside a string),
+    so the answer usually ends inside the budget. Best effort: a string whose format
+    forbids closing yet (an email still missing its '@') can still run out. Trade-off:
+    such a row is valid JSON whose last values are cut short; it is marked
+    (GenResult.forced_close) so reports can count it. close_after=None turns this off.
     """
 
-    def __init__(self, grammars: list, vocab_size: int):
+    def __init__(self, grammars: list, vocab_size: int, *, close_after: int | None = None,
+                 closing: ClosingTokens | None = None):
         import xgrammar as xgr
 
         self.xgr = xgr
         self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
         self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
-        self.started = False
+        self.step = 0
         self.rejected = [False] * len(grammars)
+        self.forced = [False] * len(grammars)
+        self.close_after = close_after if closing is not None else None
+        self.closing = closing
+        self.lex = [(False, False)] * len(grammars)  # (inside a string, after a backslash)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[0] != len(self.matchers):
             raise RuntimeError("batch size changed during constrained generation")
-        if self.started:
+        if self.step > 0:
             for i, m in enumerate(self.matchers):
                 if m is not None and not m.is_terminated() and not self.rejected[i]:
-                    if not m.accept_token(int(input_ids[i, -1])):
+                    tok = int(input_ids[i, -1])
+                    if not m.accept_token(tok):
                         # Cannot happen with a mask applied; if it does, free the row rather
                         # than crash the eval, and let the metrics see what came out.
                         self.rejected[i] = True
-        self.started = True
+                    elif self.closing is not None and tok < len(self.closing.strs):
+                        self.lex[i] = _scan_string_state(self.closing.strs[tok], *self.lex[i])
         active = []
         for i, m in enumerate(self.matchers):
             if m is None or m.is_terminated() or self.rejected[i]:
@@ -336,10 +409,23 @@ class RowGrammarProcessor:
             m.fill_next_token_bitmask(self.bitmask, i)
             active.append(i)
         if active:
-            on_cpu = scores.device.type == "cpu"
-            s = scores if on_cpu or scores.device.type == "cuda" else scores.to("cpu")
+            dev = scores.device
+            s = scores if dev.type in ("cpu", "cuda") else scores.to("cpu")
             self.xgr.apply_token_bitmask_inplace(s, self.bitmask.to(s.device), indices=active)
-            scores = s if s is scores else s.to(scores.device)
+            if self.close_after is not None and self.step >= self.close_after:
+                c = self.closing
+                for i in active:
+                    self.forced[i] = True
+                    # -inf (masked) stays -inf; allowed wrap-up tokens outrank all others.
+                    if self.lex[i][0]:
+                        s[i, c.in_string.to(s.device)] += 3e4
+                    else:
+                        s[i, c.closers.to(s.device)] += 3e4
+                        s[i, c.commas.to(s.device)] += 2e4
+                        s[i, c.empty_strings.to(s.device)] += 1.5e4
+                        s[i, c.quotes.to(s.device)] += 1e4
+            scores = s if s is scores else s.to(dev)
+        self.step += 1
         return scores
 
 
@@ -354,6 +440,7 @@ class GenResult:
     hit_budget: bool  # ran out of max_new_tokens without stopping
     seconds: float  # this row's share of its batch's wall time (rows of a batch share evenly)
     compile_error: str | None = None  # constrained mode: the schema did not compile; row ran free
+    forced_close: bool = False  # constrained mode: the row reached the closing reserve
     prompt: str = ""
 
 
@@ -393,12 +480,14 @@ def _split_row(tokenizer, new: list[int], eos: set[int], max_new_tokens: int) ->
 
 def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
                    batch_size: int, system_policy: str = "default", schemas: list[dict] | None = None,
-                   constrained: bool = False, progress: bool = True,
-                   desc: str = "generate") -> list[GenResult]:
+                   constrained: bool = False, progress: bool = True, desc: str = "generate",
+                   close_reserve: int | None = None) -> list[GenResult]:
     """Greedy answers for each conversation, in input order.
 
     Rows are sorted by prompt length (longest first) so each batch pads little and a
     too-large batch fails at once; batch_size trades memory for throughput.
+    Constrained mode: close_reserve tokens at the end of the budget are kept for
+    closing the JSON (None: default_close_reserve(max_new_tokens); 0: off).
     """
     from tqdm.auto import tqdm
 
@@ -413,6 +502,9 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
     pad = gen_cfg.pad_token_id
     device = next(model.parameters()).device
     cache = grammar_cache(tokenizer, model.config.vocab_size) if constrained else None
+    if close_reserve is None:
+        close_reserve = default_close_reserve(max_new_tokens)
+    close_after = max(0, max_new_tokens - close_reserve) if close_reserve > 0 else None
 
     order = sorted(range(len(prompts)), key=lambda i: (-len(ids[i]), i))
     results: list[GenResult | None] = [None] * len(prompts)
@@ -429,7 +521,8 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
                 grammars.append(g)
                 errors[j] = err
             if any(g is not None for g in grammars):
-                processors.append(RowGrammarProcessor(grammars, model.config.vocab_size))
+                processors.append(RowGrammarProcessor(grammars, model.config.vocab_size,
+                                                      close_after=close_after, closing=cache.closing))
         t0 = time.time()
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
@@ -437,10 +530,12 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
                                  logits_processor=processors or None)
         share = (time.time() - t0) / len(chunk)
         new_all = out[:, input_ids.shape[1]:].tolist()
+        forced = processors[0].forced if processors else [False] * len(chunk)
         for j, i in enumerate(chunk):
             text, n, stopped, hit = _split_row(tokenizer, new_all[j], eos, max_new_tokens)
             results[i] = GenResult(text=text, n_tokens=n, stopped=stopped, hit_budget=hit,
-                                   seconds=share, compile_error=errors[j], prompt=prompts[i])
+                                   seconds=share, compile_error=errors[j], prompt=prompts[i],
+                                   forced_close=forced[j])
         bar.update(len(chunk))
     bar.close()
     return results  # type: ignore[return-value]

@@ -388,7 +388,14 @@ def _make_guard_transport(httpx_mod, inner, timeout: float, state: _PushState):
                 if ra.strip().isdigit():
                     retry_after = float(ra.strip())
                 detail = f": {message}" if message else ""
-                raise _Transient(f"HTTP {status} from {what}{detail}", status=status, retry_after=retry_after)
+                # A gateway error (502/504) on a commit may hide a commit the backend did apply.
+                ambiguous = is_commit and status in (502, 504)
+                if ambiguous:
+                    with state.lock:
+                        state.ambiguous_commit = True
+                raise _Transient(
+                    f"HTTP {status} from {what}{detail}", status=status, retry_after=retry_after, ambiguous=ambiguous
+                )
             if is_commit and 200 <= status < 300:
                 with state.lock:
                     state.commits_confirmed += 1
@@ -688,6 +695,11 @@ def _permanent_error(exc, rid, hub, attempt, outcome, scrub, http_error_cls) -> 
             text = f"Push to {rid} on {hub} failed: {type(exc).__name__}: {exc}; {what}."
         else:
             text = f"Push to {rid} on {hub} failed with an unexpected {type(exc).__name__}: {exc}; {what}."
+        if "xet" in str(exc).lower():
+            text += (
+                " The upload went through Xet storage; if this Hub endpoint does not support it, "
+                "set HF_HUB_DISABLE_XET=1 to use the plain HTTP upload."
+            )
     return PushError(scrub(text), status=status, attempts=attempt, committed=committed)
 
 

@@ -58,6 +58,8 @@ def hub_env(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for name in ("NO_PROXY", "no_proxy"):  # the fake Hub is on loopback: never through a proxy
+        monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -96,6 +98,9 @@ def test_push_then_from_pretrained_gives_identical_logits(tiny, hub_server, hub_
     monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)  # endpoint from the environment, not an argument
     monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)  # token from the environment
     logs: list[str] = []
+    from huggingface_hub.utils import _http
+
+    factory_before = _http._GLOBAL_CLIENT_FACTORY
 
     result = push_folder(folder, "testuser/tiny", backoff=0.01, timeout=5.0, log=logs.append)
 
@@ -124,8 +129,9 @@ def test_push_then_from_pretrained_gives_identical_logits(tiny, hub_server, hub_
     assert "unknown" not in kinds, [r.path for r in hub_server.requests if r.kind == "unknown"]
     assert all(r.auth_ok for r in hub_server.requests if r.kind not in ("lfs_upload", "agent_harnesses"))
 
-    # huggingface_hub's import-time constants are back as they were
+    # huggingface_hub's import-time constants and HTTP client factory are back as they were
     assert (constants.ENDPOINT, constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET) == stale
+    assert _http._GLOBAL_CLIENT_FACTORY is factory_before
 
     # download it back with transformers from the same server
     monkeypatch.setattr(constants, "ENDPOINT", hub_server.endpoint)
@@ -223,6 +229,31 @@ def test_persistent_5xx_gives_clear_error_and_nothing_is_committed(tiny, hub_ser
         assert hub_server.commit_count("testuser/tiny") == 1  # only the repo's initial commit
 
 
+def test_connection_refused_is_retried_then_fails(tiny, hub_env):
+    import socket
+
+    _, folder = tiny
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logs: list[str] = []
+    with pytest.raises(PushError) as exc_info:
+        push_folder(folder, "testuser/tiny", token=TEST_TOKEN, endpoint=f"http://127.0.0.1:{port}",
+                    max_retries=2, backoff=0.01, timeout=2.0, log=logs.append)
+    msg = str(exc_info.value)
+    assert "failed after 2 attempt(s)" in msg and "connection error" in msg and "nothing was committed" in msg
+    assert sum("retrying in" in m for m in logs) == 1
+
+
+def test_xet_false_forces_the_http_path_whatever_the_environment(tiny, hub_server, hub_env, monkeypatch):
+    _, folder = tiny
+    monkeypatch.delenv("HF_HUB_DISABLE_XET")
+    monkeypatch.setattr(hub_env, "HF_HUB_DISABLE_XET", False)
+    result = push(hub_server, folder, xet=False, log=lambda m: None)
+    assert result.new_commit and hub_server.requests_of("lfs_upload")
+    assert hub_env.HF_HUB_DISABLE_XET is False  # restored
+
+
 # --------------------------------------------------------------------------- 4. timeouts
 
 
@@ -258,12 +289,23 @@ def test_commit_without_answer_is_not_reported_as_nothing_pushed(tiny, hub_serve
     assert exc_info.value.committed is None
 
 
+def test_gateway_error_on_commit_is_not_reported_as_nothing_pushed(tiny, hub_server, hub_env):
+    _, folder = tiny
+    hub_server.fail_next(10**6, status=504, kind="commit")
+    with pytest.raises(PushError) as exc_info:
+        push(hub_server, folder, max_retries=2, log=lambda m: None)
+    assert "may or may not have been applied" in str(exc_info.value)
+    assert exc_info.value.committed is None
+
+
 # --------------------------------------------------------------------------- 5. auth
 
 
 def test_rejected_token_fails_plainly_without_retries_or_leaks(tiny, hub_server, hub_env, capfd, caplog):
     _, folder = tiny
     caplog.set_level(logging.DEBUG)
+    for name in ("huggingface_hub", "httpx2", "httpcore2"):
+        caplog.set_level(logging.DEBUG, logger=name)
     hub_server.reject_token = True
     with pytest.raises(PushError) as exc_info:
         push(hub_server, folder, max_retries=4, log=print)
@@ -275,6 +317,7 @@ def test_rejected_token_fails_plainly_without_retries_or_leaks(tiny, hub_server,
     assert len(hub_server.requests_of("create")) == 1  # not retried
     assert not hub_server.requests_of("commit")
     out, errout = capfd.readouterr()
+    assert caplog.text  # debug logging was on, so the check below means something
     _no_token_anywhere(msg, repr(err), out, errout, caplog.text)
     assert err.__cause__ is None  # the library error (with its request details) is not chained
 
