@@ -106,6 +106,7 @@ class TrainingConfig:
     optim: str = opt("adamw_torch", "transformers optimizer name")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward: ~30% slower, much less memory")
     packing: bool = opt(True, "Padding-free batches: a micro-batch's examples are concatenated into one row with restarting position ids (no padding, no attention across examples, same examples per step)")
+    loss_impl: Literal["auto", "native", "trl"] = opt("auto", "native: output head + PyTorch cross-entropy only at trained positions (fast on CPU, holds their logits); trl: TRL's tiled fused head (least memory, Triton on GPU); auto: native on CPU, trl on GPU")
     logging_steps: int = opt(1, "Log every N steps", min=1)
     save_steps: int = opt(100, "Checkpoint every N steps", min=1)
     save_total_limit: int = opt(2, "Checkpoints kept on disk", min=1)
@@ -185,7 +186,10 @@ def _type_name(tp) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(inner):
+            return f"a list of mappings ({inner.__name__})"
+        return f"a list of {_type_name(inner)}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -232,7 +236,7 @@ def _convert(value: Any, tp, key: str, errs: _Errors, meta: dict | None = None):
         return value
     if origin is list:
         if not isinstance(value, list):
-            errs.add(key, f"got {value!r}, expected {_type_name(tp)}")
+            errs.add(key, f"got {value!r}, expected {_type_name(tp)}{_path_hint(value, typing.get_args(tp)[0], True)}")
             return []
         (inner,) = typing.get_args(tp)
         return [_convert(v, inner, f"{key}[{i}]", errs) for i, v in enumerate(value)]
@@ -246,7 +250,7 @@ def _convert(value: Any, tp, key: str, errs: _Errors, meta: dict | None = None):
         if value is None and _all_defaults(tp):
             value = {}  # `lora:` with nothing under it: the section's defaults
         if not isinstance(value, dict):
-            errs.add(key, f"got {value!r}, expected a mapping of {tp.__name__} keys")
+            errs.add(key, f"got {value!r}, expected a mapping of {tp.__name__} keys{_path_hint(value, tp, False)}")
             return tp() if _all_defaults(tp) else None
         return _build(tp, value, key, errs)
     # scalars
@@ -285,6 +289,14 @@ def _range_text(lo, hi) -> str:
         return f" value >= {lo}"
     if hi is not None:
         return f" value <= {hi}"
+    return ""
+
+
+def _path_hint(value, tp, as_list: bool) -> str:
+    """A bare file name where a data source belongs: show the shape that is wanted."""
+    if isinstance(value, str) and dataclasses.is_dataclass(tp) and "path" in {f.name for f in dataclasses.fields(tp)}:
+        item = f"{{path: {value}}}"
+        return f"; write [{item}]" if as_list else f"; write {item}"
     return ""
 
 
@@ -417,7 +429,7 @@ def _load_chain(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(parent, str) or not parent.strip():
         raise UserError(f"Recipe {path}: extends must be one path string (relative to the recipe "
                         f"file), got {parent!r}.")
-    ppath = (base_dir / parent)
+    ppath = base_dir / Path(parent).expanduser()
     if not ppath.exists():
         raise UserError(f"Recipe {path}: extends: {parent} -> {ppath} does not exist; fix the "
                         f"path (relative to the recipe file).")
@@ -472,10 +484,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"Override '{text}' has an empty key; write section.key=value.")
+    text = raw.strip()
     try:
-        value = yaml_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if text else ""
     except yaml.YAMLError:
-        value = raw
+        value = text
+    # Plain text stays text: `data.system_prompt=You are: terse` is not a mapping, and
+    # `run_name=exp #2` keeps its '#'. Quotes, [lists] and {mappings} are parsed as YAML.
+    if isinstance(value, str) and text[:1] not in ("'", '"'):
+        value = text
+    elif isinstance(value, dict) and not text.startswith("{"):
+        value = text
+    elif isinstance(value, list) and not text.startswith("["):
+        value = text
     return key.split("."), value
 
 

@@ -453,11 +453,10 @@ def load_source(spec: DataSource, max_length: int) -> LoadedSource:
 
 
 def _weighted(rows: list[Row], weight: float, rng: random.Random) -> list[Row]:
-    """round(weight * len(rows)) rows: every row floor(weight) times, plus a seeded sample."""
+    """round(weight * len(rows)) rows (half up): every row floor(weight) times, plus a seeded sample."""
     whole = int(math.floor(weight))
-    frac = weight - whole
     out = rows * whole
-    k = int(round(frac * len(rows)))
+    k = min(len(rows), max(0, int(math.floor(weight * len(rows) + 0.5)) - whole * len(rows)))
     if k:
         out += rng.sample(rows, k)
     return out

@@ -331,8 +331,19 @@ class ClosingTokens:
         self.quotes = ids(lambda t: only(t, '"Ġ') and t.count('"') == 1)
 
 
-def _scan_string_state(piece: str, in_string: bool, escaped: bool) -> tuple[bool, bool]:
-    """Advance a compact-JSON lexer over one token's byte-level text: are we inside a string?"""
+@dataclass
+class _Lex:
+    """Where a row is in its compact JSON: inside a string?, after a backslash?, and the
+    number of tokens since the last structural character (the current value's length)."""
+
+    in_string: bool = False
+    escaped: bool = False
+    run: int = 0
+
+
+def _advance(lex: _Lex, piece: str) -> _Lex:
+    """Move the lexer over one token's byte-level text (multi-byte characters hold no ASCII)."""
+    in_string, escaped, structural = lex.in_string, lex.escaped, False
     for ch in piece:
         if in_string:
             if escaped:
@@ -340,10 +351,19 @@ def _scan_string_state(piece: str, in_string: bool, escaped: bool) -> tuple[bool
             elif ch == "\\":
                 escaped = True
             elif ch == '"':
-                in_string = False
+                in_string, structural = False, True
         elif ch == '"':
-            in_string = True
-    return in_string, escaped
+            in_string, structural = True, True
+        elif ch in "{}[],:":
+            structural = True
+    return _Lex(in_string, escaped, 0 if structural else lex.run + 1)
+
+
+# One JSON value (a string or a number) longer than this is a runaway: about 150-200
+# characters, far above any value the shipped suites expect (names, cities, dates).
+# Raising it lets genuinely long string fields through, at the cost of letting a
+# looping model eat more of the budget before it is wrapped up.
+DEFAULT_MAX_VALUE_TOKENS = 48
 
 
 def default_close_reserve(max_new_tokens: int) -> int:
@@ -364,19 +384,22 @@ class RowGrammarProcessor:
     every accepted token; this is the same loop with those two cases handled. One
     instance per generate() call: matchers hold the rows' state.
 
-    Budget-aware closing: a grammar only keeps the output a prefix of a valid document;
-    a model that never closes a string or keeps adding digits (a random model does,
-    a looping fine-tune can) would still be cut by max_new_tokens and be invalid. From
-    step `close_after` on, grammar-allowed tokens that wrap the answer up get a large
-    bonus (see ClosingTokens; a small lexer tracks whether the row is inside a string),
-    so the answer usually ends inside the budget. Best effort: a string whose format
-    forbids closing yet (an email still missing its '@') can still run out. Trade-off:
-    such a row is valid JSON whose last values are cut short; it is marked
-    (GenResult.forced_close) so reports can count it. close_after=None turns this off.
+    Wrap-up: a grammar only keeps the output a prefix of a valid document; a model
+    that never closes a string or keeps adding digits (a random model does, a looping
+    fine-tune can) is still cut by max_new_tokens and invalid. So grammar-allowed
+    tokens that wrap the answer up (ClosingTokens; a small lexer tracks whether the
+    row is inside a string) get a large bonus for a row
+      - from step `close_after` on (the end of the budget), and
+      - while its current value has run `max_value_tokens` tokens without a
+        structural character (a runaway string or number).
+    Best effort, not a guarantee: a string whose format forbids closing yet (an email
+    still missing its '@') can still run out. Trade-off: such a row is valid JSON
+    whose last value is cut short; it is marked (GenResult.forced_close) so reports
+    count it. None turns either trigger off.
     """
 
     def __init__(self, grammars: list, vocab_size: int, *, close_after: int | None = None,
-                 closing: ClosingTokens | None = None):
+                 max_value_tokens: int | None = None, closing: ClosingTokens | None = None):
         import xgrammar as xgr
 
         self.xgr = xgr
@@ -386,8 +409,9 @@ class RowGrammarProcessor:
         self.rejected = [False] * len(grammars)
         self.forced = [False] * len(grammars)
         self.close_after = close_after if closing is not None else None
+        self.max_value_tokens = max_value_tokens if closing is not None else None
         self.closing = closing
-        self.lex = [(False, False)] * len(grammars)  # (inside a string, after a backslash)
+        self.lex = [_Lex() for _ in grammars]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[0] != len(self.matchers):
@@ -401,7 +425,7 @@ class RowGrammarProcessor:
                         # than crash the eval, and let the metrics see what came out.
                         self.rejected[i] = True
                     elif self.closing is not None and tok < len(self.closing.strs):
-                        self.lex[i] = _scan_string_state(self.closing.strs[tok], *self.lex[i])
+                        self.lex[i] = _advance(self.lex[i], self.closing.strs[tok])
         active = []
         for i, m in enumerate(self.matchers):
             if m is None or m.is_terminated() or self.rejected[i]:
@@ -412,21 +436,31 @@ class RowGrammarProcessor:
             dev = scores.device
             s = scores if dev.type in ("cpu", "cuda") else scores.to("cpu")
             self.xgr.apply_token_bitmask_inplace(s, self.bitmask.to(s.device), indices=active)
-            if self.close_after is not None and self.step >= self.close_after:
-                c = self.closing
-                for i in active:
-                    self.forced[i] = True
-                    # -inf (masked) stays -inf; allowed wrap-up tokens outrank all others.
-                    if self.lex[i][0]:
-                        s[i, c.in_string.to(s.device)] += 3e4
-                    else:
-                        s[i, c.closers.to(s.device)] += 3e4
-                        s[i, c.commas.to(s.device)] += 2e4
-                        s[i, c.empty_strings.to(s.device)] += 1.5e4
-                        s[i, c.quotes.to(s.device)] += 1e4
+            for i in active:
+                if self._wrap_up(i):
+                    self._boost(s, i)
             scores = s if s is scores else s.to(dev)
         self.step += 1
         return scores
+
+    def _wrap_up(self, i: int) -> bool:
+        if self.closing is None:
+            return False
+        late = self.close_after is not None and self.step >= self.close_after
+        runaway = self.max_value_tokens is not None and self.lex[i].run >= self.max_value_tokens
+        return late or runaway
+
+    def _boost(self, s: torch.Tensor, i: int) -> None:
+        """-inf (masked) stays -inf; allowed wrap-up tokens outrank all others, in tiers."""
+        c = self.closing
+        self.forced[i] = True
+        if self.lex[i].in_string:
+            s[i, c.in_string.to(s.device)] += 3e4
+        else:
+            s[i, c.closers.to(s.device)] += 3e4
+            s[i, c.commas.to(s.device)] += 2e4
+            s[i, c.empty_strings.to(s.device)] += 1.5e4
+            s[i, c.quotes.to(s.device)] += 1e4
 
 
 # --------------------------------------------------------------------------- generation
@@ -481,13 +515,16 @@ def _split_row(tokenizer, new: list[int], eos: set[int], max_new_tokens: int) ->
 def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
                    batch_size: int, system_policy: str = "default", schemas: list[dict] | None = None,
                    constrained: bool = False, progress: bool = True, desc: str = "generate",
-                   close_reserve: int | None = None) -> list[GenResult]:
+                   close_reserve: int | None = None,
+                   max_value_tokens: int | None = DEFAULT_MAX_VALUE_TOKENS) -> list[GenResult]:
     """Greedy answers for each conversation, in input order.
 
     Rows are sorted by prompt length (longest first) so each batch pads little and a
     too-large batch fails at once; batch_size trades memory for throughput.
     Constrained mode: close_reserve tokens at the end of the budget are kept for
-    closing the JSON (None: default_close_reserve(max_new_tokens); 0: off).
+    closing the JSON (None: default_close_reserve(max_new_tokens); 0: off), and one
+    value may run at most max_value_tokens tokens (None: unlimited); see
+    RowGrammarProcessor.
     """
     from tqdm.auto import tqdm
 
@@ -522,7 +559,9 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
                 errors[j] = err
             if any(g is not None for g in grammars):
                 processors.append(RowGrammarProcessor(grammars, model.config.vocab_size,
-                                                      close_after=close_after, closing=cache.closing))
+                                                      close_after=close_after,
+                                                      max_value_tokens=max_value_tokens,
+                                                      closing=cache.closing))
         t0 = time.time()
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),

@@ -38,10 +38,13 @@ BASE_RECIPE = BAD / "parents" / "base.yaml"
 
 # Cases that also run as real CLI subprocesses (one per kind of failure).
 SUBPROCESS_CASES = ["unknown_top_key", "extends_cycle", "recipe_is_a_directory", "bad_json_line",
-                    "latin1_data", "override_wrong_type", "mask_audit_all_empty"]
-IN_PROCESS_LIMIT_S = 10.0  # per case, inside the helper (the audit cases load a tokenizer)
-SUBPROCESS_LIMIT_S = 45.0  # per process: interpreter + torch/transformers import + the case,
-# with three processes sharing the 2 cores (alone: ~6 s)
+                    "override_wrong_type", "mask_audit_all_empty"]
+# Seen on 2 idle cores: < 0.1 s per recipe/data case, ~1-2 s for the mask-audit cases (they
+# load the tokenizer), ~6 s per subprocess (mostly the torch/transformers import). The limits
+# leave room for a machine shared with other test runs; "no weights loaded" is checked exactly
+# (the helper watches every model-loading entry point).
+IN_PROCESS_LIMIT_S = 20.0
+SUBPROCESS_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,14 @@ def test_base_recipe_of_the_corpus_is_valid(results):
     r = results["base"]
     assert r["rc"] == 0, r["stderr"][-3000:]
     assert "recipe:" in r["stdout"] and "- OK" in r["stdout"]
+    assert r["model_loads"] == []  # validate never loads weights, even when all is well
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_bad_input_in_one_process(results, name):
     r = results["in_process"][name]
     _check(BY_NAME[name], r)
+    assert r["model_loads"] == [], f"{name}: a model was loaded: {r['model_loads']}"
     assert r["seconds"] < IN_PROCESS_LIMIT_S, f"{name} took {r['seconds']} s"
 
 
@@ -179,7 +184,7 @@ def test_corpus_summary(results):
         "subprocess_cases": len(sp),
         "subprocess_exit_2": sum(1 for r in sp.values() if r["rc"] == 2),
         "tracebacks": sum("Traceback" in r["stdout"] + r["stderr"] for r in [*ip.values(), *sp.values()]),
-        "slowest_in_process_s": max(r["seconds"] for r in ip.values()),
+        "slowest_in_process": max(((r["seconds"], n) for n, r in ip.items())),
         "slowest_subprocess_s": max(r["seconds"] for r in sp.values()),
         "wall_s": results["wall_s"],
     }
