@@ -42,9 +42,11 @@ def write_model_card(out_dir: Path, run: dict, merge: dict, run_dir: Path) -> Pa
             ["in-memory fp32 merge", par["in_memory_fp32"]["max_abs_logit_diff"],
              par["in_memory_fp32"]["greedy_token_agreement"], par["in_memory_fp32"]["positions"]]]
     if par.get("other_merge"):
-        o = par["other_merge"]
-        rows.append([f"QLoRA merge onto {o['merged_onto']} weights (not exported)", o["max_abs_logit_diff"],
-                     o["greedy_token_agreement"], o["positions"]])
+        v, o = par["vs_trained_4bit"], par["other_merge"]
+        rows.append([f"vs the model as trained (4-bit base + adapter): merge onto {v['merged_onto']} "
+                     "weights (exported)", v["max_abs_logit_diff"], v["greedy_token_agreement"], v["positions"]])
+        rows.append([f"vs the model as trained: merge onto {o['merged_onto']} weights (not exported)",
+                     o["max_abs_logit_diff"], o["greedy_token_agreement"], o["positions"]])
     audit = run.get("mask_audit", {})
     data = run.get("data", {})
     ds_rows = [[s["path"], s["format"], s["rows"], s["bad"], s["weight"], s["fingerprint"][:16]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -34,12 +35,19 @@ def cmd_base(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from .config import load_recipe
-    from .trainer import estimate, prepare
-    from .template import show_trained
     import json
 
-    recipe = load_recipe(a.recipe, a.overrides)
+    from .config import describe, load_recipe
+
+    if a.keys:
+        print("\n".join(describe()))
+        return 0
+    if not a.recipe:
+        raise UserError("qwenft validate needs a recipe file (or --keys to list every recipe key).")
+    recipe = load_recipe(a.recipe, a.overrides)  # recipe errors come before the heavy imports
+    from .template import show_trained
+    from .trainer import estimate, prepare
+
     p = prepare(recipe)
     print(f"recipe: {a.recipe} - OK")
     print(f"base: {p.base.label}")
@@ -118,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_base)
 
     p = sub.add_parser("validate", help="check a recipe and its data without training")
-    _add_recipe_args(p)
+    p.add_argument("recipe", nargs="?", help="YAML recipe (configs/*.yaml, recipes/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, typed like the YAML")
+    p.add_argument("--keys", action="store_true", help="list every recipe key with its type, default and doc")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="fine-tune with a recipe")
@@ -179,6 +189,13 @@ def main(argv=None) -> int:
         prefix = f"qwenft error (rank {rank}): " if rank not in (None, "0") or os.environ.get("WORLD_SIZE", "1") != "1" else "qwenft error: "
         print(prefix + " ".join(str(e).split()), file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            print(f"qwenft error: cannot write {e.filename or ''}: {e.strerror}. Free space or fix the "
+                  f"permissions of the output directory, then rerun (completed checkpoints and earlier "
+                  f"outputs are left intact).", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("qwenft: interrupted", file=sys.stderr)
         return 130

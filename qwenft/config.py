@@ -271,7 +271,11 @@ def _convert(value: Any, tp, key: str, errs: _Errors, meta: dict | None = None):
         if ok:
             value = str(value)
     if not ok:
-        errs.add(key, f"got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+        if value is None:
+            hint = "; for no system prompt write: none" if key.endswith("system_prompt") else ""
+            errs.add(key, f"got an empty value (null), expected {_type_name(tp)}{hint}")
+        else:
+            errs.add(key, f"got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
         return value
     lo, hi = meta.get("min"), meta.get("max")
     if isinstance(value, float) and not math.isfinite(value):
@@ -355,9 +359,11 @@ _Loader.add_implicit_resolver(
 
 
 def _construct_mapping_no_dupes(loader, node, deep=False):
-    loader.flatten_mapping(node)
+    # Check the keys written in this mapping (before `<<: *anchor` merges, which may be overridden).
     seen = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         try:
             hash(key)
@@ -369,6 +375,7 @@ def _construct_mapping_no_dupes(loader, node, deep=False):
                 f"key '{key}' appears twice (first at line {seen[key] + 1}); keep one",
                 key_node.start_mark)
         seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 

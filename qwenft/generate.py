@@ -535,6 +535,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
     prompts = render_prompts(tokenizer, conversations, system_policy)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     gen_cfg = greedy_generation_config(tokenizer, model.config)
+    gen_cfg.max_new_tokens = max_new_tokens
     eos = set(gen_cfg.eos_token_id)
     pad = gen_cfg.pad_token_id
     device = next(model.parameters()).device
@@ -565,8 +566,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
         t0 = time.time()
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                                 generation_config=gen_cfg, max_new_tokens=max_new_tokens,
-                                 logits_processor=processors or None)
+                                 generation_config=gen_cfg, logits_processor=processors or None)
         share = (time.time() - t0) / len(chunk)
         new_all = out[:, input_ids.shape[1]:].tolist()
         forced = processors[0].forced if processors else [False] * len(chunk)

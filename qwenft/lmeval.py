@@ -57,8 +57,8 @@ _TAG_INLINE = re.compile(r"""^["']?tag["']?[ \t]*:[ \t]*\[(.*)\]""", re.M)
 
 
 def _quick_scan() -> dict[str, dict]:
-    """name -> {"kind", "yaml"} (tasks, groups) or {"kind": "TAG", "subtasks"} from a text scan
-    of lm-eval's task files (~2 s instead of ~20 s for lm-eval's own index).
+    """name -> {"kind", "yaml"} (tasks, groups) or {"kind": "TAG"} from a text scan of
+    lm-eval's task files (~2 s instead of ~20 s for lm-eval's own index).
 
     Incomplete on purpose (a tag set only in an included template is missed); a miss
     falls through to the full index, never to 'unknown'.
@@ -69,22 +69,19 @@ def _quick_scan() -> dict[str, dict]:
             text = p.read_text(errors="ignore")
         except (OSError, IsADirectoryError):
             continue
-        tags, task = [], None
+        tags = []
         for m in _NAME_LINE.finditer(text):
             key, name = m.group(1), m.group(2)
             if key == "tag":
                 tags.append(name)
             elif name not in found and p.suffix == ".yaml":
                 found[name] = {"kind": key.upper(), "yaml": p}
-                task = name if key == "task" else task
         for m in _TAG_BLOCK.finditer(text):
             tags += [x.strip()[1:].strip().strip("\"'") for x in m.group(1).splitlines() if x.strip()]
         for m in _TAG_INLINE.finditer(text):
             tags += [x.strip().strip("\"'") for x in m.group(1).split(",") if x.strip()]
         for t in tags:
-            entry = found.setdefault(t, {"kind": "TAG", "subtasks": []})
-            if entry["kind"] == "TAG" and task:
-                entry["subtasks"].append(task)
+            found.setdefault(t, {"kind": "TAG"})
     return found
 
 
@@ -94,12 +91,24 @@ def _entry_info(entry) -> dict:
     if entry.kind.name == "TASK":
         info["dataset_path"] = cfg.get("dataset_path")
         info["custom_dataset"] = bool(cfg.get("custom_dataset"))
-        info["data_files"] = bool((cfg.get("dataset_kwargs") or {}).get("data_files"))
+        info["remote_files"] = _remote_files((cfg.get("dataset_kwargs") or {}).get("data_files"))
     elif entry.kind.name == "GROUP":
         info["subtasks"] = _group_members(cfg)
     elif entry.kind.name == "TAG":
         info["subtasks"] = sorted(entry.tags)
     return info
+
+
+def _remote_files(data_files) -> list[str]:
+    """data_files entries that live on the Hub or the web (hf://..., https://...)."""
+    if isinstance(data_files, dict):
+        vals = list(data_files.values())
+    else:
+        vals = data_files if isinstance(data_files, list) else [data_files]
+    flat = []
+    for v in vals:
+        flat += v if isinstance(v, list) else [v]
+    return [str(v) for v in flat if isinstance(v, str) and re.match(r"^(hf|https?)://", v)]
 
 
 def _group_members(cfg: dict) -> list[str]:
@@ -153,12 +162,17 @@ def _info_from_yaml(name: str, yaml_path: Path) -> dict | None:
 
 
 def _hub_datasets(info: dict) -> list[str]:
+    """Hub dataset repos (or URLs) a task's data comes from; [] for local data."""
     if info.get("kind") != "TASK" or info.get("custom_dataset"):
         return []
+    remote = []
+    for url in info.get("remote_files") or []:
+        m = re.match(r"^hf://datasets/([^/]+/[^/@]+)", url)
+        remote.append(m.group(1) if m else url)
     dp = info.get("dataset_path")
     if not dp or dp in LOCAL_BUILDERS or Path(str(dp)).expanduser().exists():
-        return []
-    return [str(dp)]
+        return sorted(set(remote))
+    return sorted(set(remote + [str(dp)]))
 
 
 def _dataset_cached(repo_id: str) -> bool:
@@ -198,9 +212,9 @@ def check_tasks(tasks: list[str], include_path=TASKS_DIR) -> dict:
             return infos[name]
         q = quick.get(name)
         got = None
-        if q and q["kind"] == "TAG" and q["subtasks"]:
-            got = {"kind": "TAG", "subtasks": q["subtasks"]}
-        elif q and q["kind"] != "TAG":
+        # Tags often come from included templates, so a text scan cannot list their
+        # members: tags always go to the full index.
+        if q and q["kind"] != "TAG":
             got = _info_from_yaml(name, q["yaml"])
         if got is None:
             full = full if full is not None else _full_index()

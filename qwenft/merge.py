@@ -144,19 +144,21 @@ def merge_run(run_dir: Path, out: Path | None = None, dtype: str | None = None, 
     # Reference: the model as trained (QLoRA: the 4-bit base) plus the unmerged adapter.
     figures = {}
     if is_qlora:
-        from .model import bnb_config
-        from .config import recipe_from_dict
+        from transformers import BitsAndBytesConfig
 
-        qbase = _base_model(base_path, torch.float32, bnb_config(recipe_from_dict(recipe)))
-        ref = _logits(PeftModel.from_pretrained(qbase, run_dir / "adapter"), batches)
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"],
+                                 bnb_4bit_use_double_quant=q["double_quant"],
+                                 bnb_4bit_compute_dtype=DTYPES[q["compute_dtype"]])
+        qbase = _base_model(base_path, torch.float32, bnb)
+        ref_trained = _logits(PeftModel.from_pretrained(qbase, run_dir / "adapter"), batches)
         del qbase
     model = _base_model(base_path, torch.float32)
     base_params, base_tied = _param_count(model), bool(model.config.tie_word_embeddings)
     if is_qlora and onto == "quantized":
         _roundtrip_4bit(model, q)
     model = PeftModel.from_pretrained(model, run_dir / "adapter")
-    if not is_qlora:
-        ref = _logits(model, batches)
+    # Gate reference: the same base weights the merge goes onto, plus the unmerged adapter.
+    ref = _logits(model, batches)
     merged = model.merge_and_unload()
     del model
     figures["in_memory_fp32"] = _compare(ref, _logits(merged, batches))
@@ -181,12 +183,14 @@ def merge_run(run_dir: Path, out: Path | None = None, dtype: str | None = None, 
         figures["exported"] = _compare(ref, _logits(reloaded, batches))
         figures["exported"]["dtype"] = dtype
         figures["threshold"] = threshold
+        figures["reference"] = (f"{onto} base weights + unmerged adapter (fp32)" if is_qlora
+                                else "base + adapter (unmerged, fp32)")
         if is_qlora:
-            figures["reference"] = "4-bit base + adapter (as trained)"
+            # How close each merge option comes to the model as trained (4-bit base + adapter).
             figures["merged_onto"] = onto
-            figures["other_merge"] = _other_qlora_merge(base_path, run_dir, q, onto, ref, batches)
-        else:
-            figures["reference"] = "base + adapter (unmerged, fp32)"
+            figures["vs_trained_4bit"] = _compare(ref_trained, _logits(reloaded, batches))
+            figures["vs_trained_4bit"]["merged_onto"] = onto
+            figures["other_merge"] = _other_qlora_merge(base_path, run_dir, q, onto, ref_trained, batches)
         saved_tok = AutoTokenizer.from_pretrained(tmp)
         figures["template_parity"] = template_parity(saved_tok, tok_train=AutoTokenizer.from_pretrained(run_dir / "adapter"),
                                                      run_dir=run_dir, policy=policy)

@@ -19,7 +19,6 @@ from .config import Recipe
 from .data import DataReport, load_data
 from .errors import UserError
 from .masking import MaskAudit, audit, enforce, tokenize_rows
-from .model import attach_adapter, device_of, load_base_model, load_tokenizer
 from .runs import (COMPLETE_MARKER, checkpoint_step, complete_checkpoints, replace_dir, temp_dir_beside,
                    write_json_atomic, write_text_atomic)
 from .template import template_hash
@@ -53,6 +52,8 @@ def prepare(recipe: Recipe) -> Prepared:
         log(f"skipped bad row {b}")
     if data.skipped:
         log(f"skipped {len(data.skipped)} bad row(s) (data.on_bad_row: skip); see the list above and data_report.json")
+    from .model import load_tokenizer
+
     base = resolve_base(recipe.model.base_model, allow_stand_in=recipe.model.allow_stand_in)
     tok = load_tokenizer(base.path, recipe)
     train = tokenize_rows(tok, data.train, max_length=recipe.data.max_length,
@@ -104,7 +105,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, device: str, has_val: bool):
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=min(t.warmup_ratio, 0.999),  # transformers reads a value < 1 as a ratio
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
@@ -290,6 +291,8 @@ def build_trainer(p: Prepared, run_dir: Path, device: str, extra_callbacks=()):
     """Load the model, attach the adapter and wrap it in TRL's SFTTrainer."""
     from transformers import set_seed
 
+    from .model import attach_adapter, load_base_model
+
     SFTTrainer = _trainer_class()
 
     recipe = p.recipe
@@ -325,6 +328,8 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         # A few validation conversations travel with the run: merge parity and template parity use them.
         sample = [{"messages": r.messages, "tools": r.tools} for r in (p.data.validation or p.data.train)[:8]]
         write_text_atomic(run_dir / "val_samples.jsonl", "".join(json.dumps(x) + "\n" for x in sample))
+    from .model import device_of
+
     device = device_of(recipe)
     est = estimate(p)
     log(f"base model: {p.base.label}")

@@ -169,6 +169,8 @@ def _recipe(tmp_path, text: str, name: str = "r.yaml") -> Path:
     ("training: {max_steps: ten}\n", ["training.max_steps: got 'ten' (str), expected an integer"]),
     ("training: {max_steps: 10.5}\n", ["training.max_steps", "expected an integer"]),
     ("lora: {use_dora: maybe}\n", ["lora.use_dora", "expected true/false"]),
+    ("data: {system_prompt: null}\n", ["data.system_prompt: got an empty value (null)", "write: none"]),
+    ("run_name:\n", ["run_name: got an empty value (null), expected a string"]),
     ("lora: {r: 0}\n", ["lora.r: 0 is out of range; allowed 1 <= value <= 4096"]),
     ("lora: {dropout: 1.5}\n", ["lora.dropout", "allowed 0.0 <= value <= 1.0"]),
     ("data: {validation_fraction: 0.7}\n", ["data.validation_fraction", "0.0 <= value <= 0.5"]),
@@ -297,3 +299,12 @@ def test_override_values_that_are_plain_text_stay_text():
     assert parse_override("eval.gates={a.b.c: 0.5}")[1] == {"a.b.c": 0.5}
     assert parse_override("training.learning_rate=2e-4")[1] == 2e-4
     assert parse_override("lora.use_dora=false")[1] is False
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    from qwenft.config import yaml_load
+
+    # A merged key may be overridden: that is not a duplicate.
+    assert yaml_load("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")["x"] == {"a": 3, "b": 2}
+    r = load_recipe(_recipe(tmp_path, "eval: {modes: &m [constrained]}\nlora:\n  <<: {r: 8, alpha: 16}\n  alpha: 64\n"))
+    assert (r.lora.r, r.lora.alpha) == (8, 64.0)

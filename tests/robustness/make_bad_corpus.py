@@ -3,7 +3,8 @@ after editing a case: `.venv/bin/python tests/robustness/make_bad_corpus.py`).
 
 Each case is a recipe whose trailing `# where:` / `# hint:` / `# args:` lines say what its error
 message must name and suggest (see test_bad_input.py)."""
-import json, os, shutil
+import json
+import shutil
 from pathlib import Path
 
 root = Path(__file__).resolve().parent / "bad"

@@ -43,8 +43,8 @@ SUBPROCESS_CASES = ["unknown_top_key", "extends_cycle", "recipe_is_a_directory",
 # load the tokenizer), ~6 s per subprocess (mostly the torch/transformers import). The limits
 # leave room for a machine shared with other test runs; "no weights loaded" is checked exactly
 # (the helper watches every model-loading entry point).
-IN_PROCESS_LIMIT_S = 20.0
-SUBPROCESS_LIMIT_S = 60.0
+IN_PROCESS_LIMIT_S = 30.0
+SUBPROCESS_LIMIT_S = 90.0
 
 
 @dataclass(frozen=True)
