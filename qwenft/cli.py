@@ -74,10 +74,9 @@ def cmd_train(a) -> int:
 
     recipe = load_recipe(a.recipe, a.overrides)
     run_dir = train(recipe)
-    if recipe.merge.enabled and a.merge:
-        from .merge import merge_run
+    from .pipeline import after_training
 
-        merge_run(run_dir)
+    after_training(run_dir, recipe, merge=a.merge, evaluate=a.eval)
     print(run_dir)
     return 0
 
@@ -99,7 +98,12 @@ def cmd_eval(a) -> int:
 
 def cmd_push(a) -> int:
     from .hub import cli_push
+    from .pipeline import gates_and_results
 
+    # Gates come from the recipe of the run the folder was merged from; results from its eval.
+    gates, results = gates_and_results(Path(a.folder))
+    if gates:
+        a.gates, a.results = gates, results
     return cli_push(a)
 
 
@@ -133,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune with a recipe")
     _add_recipe_args(p)
-    p.add_argument("--no-merge", dest="merge", action="store_false", help="skip the merge after training")
-    p.set_defaults(func=cmd_train, merge=False)
+    p.add_argument("--merge", action="store_true", help="merge and export after training (always when push.repo_id is set)")
+    p.add_argument("--eval", action="store_true", help="evaluate after training (always when push.repo_id is set)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("merge", help="merge a run's adapter into its base and export")
     p.add_argument("run_dir")
