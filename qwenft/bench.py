@@ -350,19 +350,24 @@ def _measure_matmul_peak(n: int = 2048, repeats: int = 5, per_repeat: int = 3) -
 # --------------------------------------------------------------------------- fork-based isolation
 
 
-def run_isolated(fn, args: tuple, *, label: str, workdir: Path) -> dict:
-    """Run fn(*args) -> dict in a forked child; add the child's own peak RSS (wait4) and wall.
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) of a live process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
-    The parent has imported the heavy libraries but run no torch computation, so every
-    child starts from the same state, as a fresh process that imported them would,
-    without paying the imports again. The child's stdout goes to stderr: the bench's
-    stdout is kept for the table and the final JSON line.
-    """
-    out = workdir / f"{label}.result.json"
-    out.unlink(missing_ok=True)
+
+# A forked child that burns no CPU for this long is stuck (an OpenMP barrier inherited
+# in a bad state across fork was seen once in ~20 runs): it is killed and run again.
+STALL_S = 90.0
+
+
+def _fork_once(fn, args: tuple, out: Path, stall_s: float) -> tuple[int, object, bool]:
     sys.stdout.flush()
     sys.stderr.flush()
-    t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # child
         code = 0
@@ -383,14 +388,54 @@ def run_isolated(fn, args: tuple, *, label: str, workdir: Path) -> dict:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    _, status, ru = os.wait4(pid, 0)
-    wall = time.perf_counter() - t0
+    last_cpu, last_change = -1.0, time.monotonic()
+    while True:
+        done, status, ru = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, ru, False
+        cpu = _cpu_seconds(pid)
+        now = time.monotonic()
+        if cpu is not None and cpu > last_cpu + 0.05:
+            last_cpu, last_change = cpu, now
+        elif now - last_change > stall_s:
+            os.kill(pid, 9)
+            _, status, ru = os.wait4(pid, 0)
+            return status, ru, True
+        time.sleep(0.25)
+
+
+def run_isolated(fn, args: tuple, *, label: str, workdir: Path, attempts: int = 3,
+                 stall_s: float = STALL_S) -> dict:
+    """Run fn(*args) -> dict in a forked child; add the child's own peak RSS (wait4) and wall.
+
+    The parent has imported the heavy libraries but run no torch computation, so every
+    child starts from the same state, as a fresh process that imported them would,
+    without paying the imports again. The child's stdout goes to stderr: the bench's
+    stdout is kept for the table and the final JSON line. A child that stalls (no CPU
+    used for stall_s) is killed and run again, up to `attempts` times; retries are
+    reported.
+    """
+    from .base import log
+
+    out = workdir / f"{label}.result.json"
+    stalls = 0
+    for _ in range(attempts):
+        out.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        status, ru, stalled = _fork_once(fn, args, out, stall_s)
+        wall = time.perf_counter() - t0
+        if not stalled:
+            break
+        stalls += 1
+        log(f"bench: {label}: the child used no CPU for {stall_s:.0f} s (stuck); killed, running it again")
     try:
         res = json.loads(out.read_text())
     except (OSError, ValueError):
-        res = {"error": f"child for {label} exited with status {status} and wrote no result"}
+        res = {"error": f"child for {label} exited with status {status} and wrote no result"
+                        + (" (stalled every attempt)" if stalled else "")}
     res["peak_rss_mb"] = ru.ru_maxrss / 1024
     res["process_wall_s"] = wall
+    res["stalled_retries"] = stalls
     return res
 
 
@@ -473,14 +518,12 @@ def _side_result(kind, steps, cfg, model, setup_s, train_s, extra) -> dict:
 
 def train_qwenft_side(spec: dict) -> dict:
     """qwenft's own training path: qwenft.trainer.train(recipe), timed and counted."""
-    import torch
 
     from . import trainer as qtrainer
     from .config import recipe_from_dict
 
     cfg = spec["cfg"]
     n_steps = cfg["warmup"] + cfg["timed"]
-    torch.set_num_threads(torch.get_num_threads())
     t0 = time.perf_counter()
     recipe = recipe_from_dict(qwenft_recipe_dict(
         base_model=spec["model"], data_path=spec["data"], out_dir=spec["out_dir"], steps=n_steps,

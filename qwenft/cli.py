@@ -194,11 +194,16 @@ def main(argv=None) -> int:
         prefix = f"qwenft error (rank {rank}): " if rank not in (None, "0") or os.environ.get("WORLD_SIZE", "1") != "1" else "qwenft error: "
         print(prefix + " ".join(str(e).split()), file=sys.stderr)
         return e.exit_code
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            print(f"qwenft error: cannot write {e.filename or ''}: {e.strerror}. Free space or fix the "
-                  f"permissions of the output directory, then rerun (completed checkpoints and earlier "
-                  f"outputs are left intact).", file=sys.stderr)
+    except Exception as e:
+        from .errors import is_disk_full
+
+        perm = isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS)
+        if is_disk_full(e) or perm:
+            what = getattr(e, "filename", None) or "the output directory"
+            why = "no space left on device" if not perm else e.strerror
+            print(f"qwenft error: cannot write {what}: {why}. Free space or fix the permissions, then "
+                  f"rerun; nothing half-written was left where later commands would accept it "
+                  f"(completed checkpoints and earlier outputs are intact).", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .base import ResolvedBase, library_versions, log, resolve_base
 from .config import Recipe
 from .data import DataReport, load_data
-from .errors import UserError
+from .errors import UserError, is_disk_full
 from .masking import MaskAudit, audit, enforce, tokenize_rows
 from .runs import (COMPLETE_MARKER, checkpoint_step, complete_checkpoints, replace_dir, temp_dir_beside,
                    write_json_atomic, write_text_atomic)
@@ -354,10 +354,11 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(Path(ckpt)) if ckpt else 0)
     try:
         result = trainer.train(resume_from_checkpoint=ckpt)
-    except OSError as e:
-        if e.errno == 28:
+    except Exception as e:
+        if is_disk_full(e):
             raise UserError(f"Disk full while training/checkpointing into {run_dir} ({e}). Earlier "
-                            f"complete checkpoints are intact; free space and rerun with resume: auto.") from None
+                            f"complete checkpoints are intact (a half-written one is skipped on resume); "
+                            f"free space and rerun with resume: auto.") from None
         raise
     stopped_early = trainer.state.global_step < trainer.state.max_steps
     metrics = {"train_runtime_s": round(time.time() - t0, 2), "global_step": trainer.state.global_step,

@@ -91,6 +91,22 @@ def test_task_scoring_is_qwenft_scoring(task_utils, repo_root):
         agg["field_precision"])
 
 
+def test_lm_eval_prompts_follow_the_system_policy(tiny_model_dir):
+    from qwenft.generate import load_model_for_eval, render_prompts
+    from qwenft.lmeval import _policy_lm_class
+
+    lm = load_model_for_eval("tiny-random")
+    chat = [{"role": "user", "content": "Give JSON."}]
+    for policy in ("default", "none", "You are a JSON machine."):
+        hflm = _policy_lm_class()(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=1,
+                                  max_length=256, device="cpu", system_policy=policy)
+        assert hflm.apply_chat_template(chat) == render_prompts(lm.tokenizer, [chat], policy)[0]
+    # A row's own system message wins, as in qwenft eval.
+    own = [{"role": "system", "content": "Row system."}] + chat
+    assert "Row system." in hflm.apply_chat_template(own)
+    assert "JSON machine" not in hflm.apply_chat_template(own)
+
+
 def _strip_specials(text, tok):
     for t in tok.all_special_tokens:
         text = text.replace(t, "")
@@ -119,6 +135,8 @@ def _parity(lm, tmp_path, *, limit, max_new_tokens, batch_size):
     for ok, tk in pairs.items():
         assert m[tk] == pytest.approx(a[ok]), (ok, a[ok], m[tk])
     # lm-eval's own files: results (with our system policy recorded) and samples.
+    # lm-eval got the model as loaded: never resized to the tokenizer's length (151665).
+    assert lm.model.get_input_embeddings().weight.shape[0] == lm.model.config.vocab_size == 151936
     raw = json.loads(open(theirs["files"]["results"]).read())
     assert raw["config"]["qwenft_system_policy"] == "default"
     assert raw["configs"]["qwenft_json_extraction"]["generation_kwargs"]["until"] == ["<|im_end|>"]
@@ -144,5 +162,5 @@ def test_lm_eval_task_parity_stand_in(tmp_path, stand_in_dir):
     from qwenft.generate import load_model_for_eval
 
     lm = load_model_for_eval(str(stand_in_dir))
-    ours, _ = _parity(lm, tmp_path, limit=3, max_new_tokens=64, batch_size=3)
+    ours, _ = _parity(lm, tmp_path, limit=4, max_new_tokens=64, batch_size=4)
     assert ours["metrics"]["all"]["valid_lenient_rate"] > 0
