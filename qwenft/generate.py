@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .base import HUB_MODEL_ID, STAND_IN, ResolvedBase, log, resolve_base
+from .base import HUB_MODEL_ID, STAND_IN, ResolvedBase, resolve_base
 from .errors import UserError
 from .template import apply_system_policy, render
 
@@ -92,7 +92,7 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} is unreadable ({e}); it should be a JSON file written by qwenft.")
 
 
-def _base_from_record(rec: dict, where: Path) -> ResolvedBase:
+def _base_from_record(rec: dict) -> ResolvedBase:
     """Re-resolve the base a run was trained on, never silently swapping it for another base."""
     kind, path, requested = rec.get("kind"), rec.get("path"), rec.get("requested")
     if kind == "tiny" and requested:
@@ -140,7 +140,7 @@ def describe_target(spec: str, allow_stand_in: bool = True) -> dict:
                                 f"({run_dir / 'adapter' / ADAPTER_CONFIG} is missing): training has "
                                 f"not saved one yet (status: {run.get('status')!r}).")
             return {"kind": "run", "run_dir": run_dir, "adapter": adapter, "run": run,
-                    "base": _base_from_record(run["base"], run_dir)}
+                    "base": _base_from_record(run["base"])}
         if adapter is not None:
             cfg = _read_json(adapter / ADAPTER_CONFIG)
             name = cfg.get("base_model_name_or_path")
@@ -154,7 +154,7 @@ def describe_target(spec: str, allow_stand_in: bool = True) -> dict:
             base = None
             if isinstance(merge.get("base"), dict):
                 try:
-                    base = _base_from_record(merge["base"], p)
+                    base = _base_from_record(merge["base"])
                 except UserError:
                     base = None  # the merged model is still evaluable; only the comparison is lost
             return {"kind": "merged", "path": p, "merge": merge, "base": base,
@@ -186,8 +186,8 @@ def _finish(model, tokenizer, device):
     return model
 
 
-def load_model_for_eval(spec_or_dir: "str | Path | ResolvedBase", *, dtype: str = "auto", device: str | None = None,
-                        allow_stand_in: bool = True) -> LoadedModel:
+def load_model_for_eval(spec_or_dir: "str | Path | ResolvedBase", *, dtype: str = "auto",
+                        device: str | None = None, allow_stand_in: bool = True) -> LoadedModel:
     """Load any target for evaluation; adapters are merged in memory (merge_and_unload)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tdtype = pick_eval_dtype(dtype, device)
@@ -553,6 +553,8 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], *, max_new
         chunk = order[start:start + batch_size]
         input_ids, attn = _left_pad([ids[i] for i in chunk], pad)
         processors, errors = [], [None] * len(chunk)
+        # One grammar matcher per row, so a batch mixes schemas freely: no grouping rows
+        # by schema and no falling back to batch size 1 in constrained mode.
         if constrained:
             grammars = []
             for j, i in enumerate(chunk):
