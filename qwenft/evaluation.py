@@ -19,7 +19,7 @@ from pathlib import Path
 from .base import library_versions, log
 from .errors import UserError
 from .evaluate_json import MODES, check_modes, load_suites, run_json_suite
-from .generate import RUN_FILE, base_of, describe_target, load_model_for_eval
+from .generate import ADAPTER_CONFIG, RUN_FILE, base_of, describe_target, load_model_for_eval
 from .report_eval import write_markdown, write_png
 
 DEFAULTS = {"suites": ["json_extraction", "schema_following"], "lm_eval_tasks": [],
@@ -118,6 +118,7 @@ def _evaluate_one(name: str, spec, *, suite_rows, slice_filter, lm_eval_tasks, m
                          out_dir=out_dir / "lm_eval", model_name=name, max_gen_toks=max_new_tokens,
                          checked=True)
         lm.pop("raw", None)  # lm-eval's own file has it all
+        lm["summary"] = lm["metrics"]  # the name pipeline.gate_view reads
         entry["lm_eval"] = lm
         entry["seconds"]["lm_eval"] = lm["seconds"]
     del loaded
@@ -170,3 +171,47 @@ def evaluate(target: str, *, suites: list[str], lm_eval_tasks: list[str], modes=
     write_png(results, out_dir / "comparison.png")
     _stage(f"[done] {out_dir / 'comparison.md'} ({results['seconds']} s)")
     return results
+
+
+def _run_dir_of(target: str) -> Path | None:
+    p = Path(target)
+    if (p / RUN_FILE).is_file():
+        return p
+    if (p / ADAPTER_CONFIG).is_file() and (p.parent / RUN_FILE).is_file():
+        return p.parent
+    return None
+
+
+def cli_eval(a) -> int:
+    """`qwenft eval [TARGET]`: a run's own eval settings (recipe) unless flags override them."""
+    from .runs import latest_run
+
+    target = a.target
+    if not target:
+        latest = latest_run()
+        if latest is None:
+            raise UserError("No target given and no run found under outputs/. Pass a Hub id, a merged "
+                            "checkpoint, a run or adapter directory, or 'stand-in'.")
+        target = str(latest)
+        log(f"no target given: evaluating the latest run, {target}")
+    run_dir = _run_dir_of(target)
+    s = default_eval_settings_from_run(run_dir) if run_dir else dict(DEFAULTS)
+    overrides = {"suites": getattr(a, "suites", None), "lm_eval_tasks": getattr(a, "tasks", None),
+                 "modes": getattr(a, "modes", None), "limit": getattr(a, "limit", None),
+                 "batch_size": getattr(a, "batch_size", None),
+                 "max_new_tokens": getattr(a, "max_new_tokens", None),
+                 "compare_base": getattr(a, "compare_base", None)}
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    if getattr(a, "out", None):
+        out = Path(a.out)
+    elif run_dir:
+        out = run_dir / "eval"
+    else:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(target)).name or "model")
+        out = Path("outputs") / "eval" / slug
+    evaluate(target, suites=s["suites"], lm_eval_tasks=s["lm_eval_tasks"], modes=s["modes"],
+             max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"], limit=s["limit"],
+             system_policy=s["system_policy"], out_dir=out, compare_base=s["compare_base"],
+             slices=s["slices"] or None)
+    print(out / "comparison.md")
+    return 0

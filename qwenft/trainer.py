@@ -45,6 +45,23 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_tag() -> str:
+    """'rank N: ' under a multi-process launch, '' otherwise (for messages every rank prints)."""
+    return f"rank {os.environ.get('RANK', '0')}: " if world_size() > 1 else ""
+
+
+def _all_ranks_any(flag: bool, device) -> bool:
+    """True on every rank when it is True on any rank (a no-op outside torch.distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def prepare(recipe: Recipe) -> Prepared:
     """Validate data, render, mask and audit; raise UserError before any weights load."""
     data = load_data(recipe.data, recipe.seed)
@@ -176,11 +193,15 @@ def _callbacks(run_dir: Path):
             if self.requested is not None:  # second signal: give up at once
                 raise KeyboardInterrupt
             self.requested = signal.Signals(signum).name
-            log(f"{self.requested} received: saving a checkpoint after this step, then stopping "
+            log(f"{rank_tag()}{self.requested} received: saving a checkpoint after this step, then stopping "
                 f"(send it again to abort without saving)")
 
         def on_step_end(self, args, state, control, **kw):
-            if self.requested:
+            # Every rank must stop at the same step: a signal that reaches one rank only (kill -INT PID,
+            # or reaching the ranks on either side of a step boundary) would otherwise leave that rank
+            # saving while the others wait in the next step's all-reduce, until the 30-minute
+            # collective timeout. One tiny all-reduce per optimizer step settles it.
+            if _all_ranks_any(self.requested is not None, args.device):
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -226,9 +247,34 @@ def write_run_record(run_dir: Path, p: Prepared, status: str, extra: dict | None
 
 
 def _save_adapter(trainer, tokenizer, run_dir: Path) -> Path:
+    """Call on EVERY rank: under FSDP / DeepSpeed gathering the sharded weights is a collective.
+
+    Only the main process writes. With plain DDP (or one process) the model is whole on rank 0 and
+    the other ranks return at once.
+    """
     dest = run_dir / "adapter"
-    tmp = temp_dir_beside(dest)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # save_model gathers the shards on all ranks and writes from the main process only.
+        # A rank-0-only save_pretrained would write DTensor shards (FSDP2: it raises) or empty
+        # ZeRO-3 placeholders (peft only warns).
+        if trainer.is_fsdp_enabled:
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        tmp = dest.parent / f".{dest.name}.tmp-shared"
+        if is_main_process():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+        if not is_main_process():
+            return dest
+    else:
+        if not is_main_process():
+            return dest
+        tmp = temp_dir_beside(dest)
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if not (tmp / "chat_template.jinja").is_file() and tokenizer.chat_template:
         write_text_atomic(tmp / "chat_template.jinja", tokenizer.chat_template)
@@ -347,6 +393,11 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
     if recipe.training.report_to == "wandb":
         os.environ.setdefault("WANDB_DIR", str(run_dir))
     trainer = build_trainer(p, run_dir, device, extra_callbacks)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        if is_main_process():
+            log(f"WARNING: the launcher asked for FSDP but it is not active on device {device} "
+                f"(accelerate turns FSDP on only for GPU-type backends): this run is plain DDP, "
+                f"every process holds the whole model")
     ckpt = resume_point(recipe, run_dir)
     if ckpt:
         log(f"resuming from {ckpt}")
@@ -354,8 +405,13 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
         _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(Path(ckpt)) if ckpt else 0)
     try:
         result = trainer.train(resume_from_checkpoint=ckpt)
-    except Exception as e:
-        if is_disk_full(e):
+    except BaseException as e:
+        if is_main_process():  # run.json must not say "running" after a crash (e.g. another rank died)
+            try:
+                write_run_record(run_dir, p, "failed", {"error": f"{type(e).__name__}: {e}"[:2000]})
+            except Exception:
+                pass
+        if isinstance(e, Exception) and is_disk_full(e):
             raise UserError(f"Disk full while training/checkpointing into {run_dir} ({e}). Earlier "
                             f"complete checkpoints are intact (a half-written one is skipped on resume); "
                             f"free space and rerun with resume: auto.") from None
@@ -365,6 +421,7 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
                "max_steps": trainer.state.max_steps, "train_loss": result.training_loss}
     if p.val_examples and not stopped_early:  # every rank: evaluation is a collective under DDP
         metrics.update({k: v for k, v in trainer.evaluate().items()})
+    adapter = None if stopped_early else _save_adapter(trainer, p.tokenizer, run_dir)  # every rank (FSDP/ZeRO)
     if is_main_process():
         from .report import plot_loss
 
@@ -374,7 +431,6 @@ def train(recipe: Recipe, extra_callbacks=()) -> Path:
             log(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}; rerun with "
                 f"resume: auto to continue")
         else:
-            adapter = _save_adapter(trainer, p.tokenizer, run_dir)
             write_run_record(run_dir, p, "completed", {"metrics": metrics, "adapter": str(adapter)})
             log(f"adapter saved to {adapter}")
     return run_dir

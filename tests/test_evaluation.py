@@ -137,3 +137,19 @@ def test_report_marks_deltas(tmp_path):
     assert "1 schema compile errors" in md
     write_png(results, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_cli_eval_uses_the_runs_settings_with_overrides(run_dir, tmp_path, capsys):
+    from qwenft.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["eval", str(run_dir), "--limit", "2", "--mode", "unconstrained", "--max-new-tokens", "8",
+               "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert s["limit"] == 2 and s["modes"] == ["unconstrained"] and s["max_new_tokens"] == 8
+    assert s["lm_eval_tasks"] == ["qwenft_json_extraction"]  # from the run's recipe
+    assert res["models"]["tuned"]["lm_eval"]["summary"]["qwenft_json_extraction"]
+    assert str(out / "comparison.md") in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--task", "no_such_task_xyz", "--out", str(out)]) == 2
