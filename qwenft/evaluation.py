@@ -21,6 +21,7 @@ from .errors import UserError
 from .evaluate_json import MODES, check_modes, load_suites, run_json_suite
 from .generate import ADAPTER_CONFIG, RUN_FILE, base_of, describe_target, load_model_for_eval
 from .report_eval import write_markdown, write_png
+from .runs import write_json_atomic
 
 DEFAULTS = {"suites": ["json_extraction", "schema_following"], "lm_eval_tasks": [],
             "modes": list(MODES), "max_new_tokens": 256, "batch_size": 8, "limit": None,
@@ -151,6 +152,8 @@ def evaluate(target: str, *, suites: list[str], lm_eval_tasks: list[str], modes=
         log("no base recorded for this target: evaluating it alone")
     models = [("tuned", str(target)), ("base", base)] if base is not None else [("model", str(target))]
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A killed eval must not leave an older results.json for gates/cards to pick up.
+    (out_dir / "results.json").unlink(missing_ok=True)
 
     settings = {"target": str(target), "suites": list(suites), "lm_eval_tasks": list(lm_eval_tasks),
                 "modes": modes, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
@@ -166,9 +169,10 @@ def evaluate(target: str, *, suites: list[str], lm_eval_tasks: list[str], modes=
     results["seconds"] = round(time.time() - t_start, 2)
     results["files"] = {"results": "results.json", "comparison_md": "comparison.md",
                         "comparison_png": "comparison.png"}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     write_markdown(results, out_dir / "comparison.md")
     write_png(results, out_dir / "comparison.png")
+    # Written last and atomically: its presence means the whole evaluation finished.
+    write_json_atomic(out_dir / "results.json", results)
     _stage(f"[done] {out_dir / 'comparison.md'} ({results['seconds']} s)")
     return results
 
