@@ -24,7 +24,7 @@ def _watch_model_loading():
     import transformers
 
     import qwenft.model
-    import qwenft.trainer
+    import qwenft.trainer  # noqa: F401  (trainer imports load_base_model from qwenft.model at call time)
 
     def wrap(owner, name):
         orig = getattr(owner, name)
@@ -36,7 +36,6 @@ def _watch_model_loading():
         setattr(owner, name, watched)
 
     wrap(qwenft.model, "load_base_model")
-    wrap(qwenft.trainer, "load_base_model")
     for cls in ("AutoModel", "AutoModelForCausalLM"):
         auto = getattr(transformers, cls)
         orig = auto.from_pretrained.__func__
