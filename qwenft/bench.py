@@ -240,8 +240,10 @@ def matmul_param_count(model) -> dict:
     """N for the FLOP formula: all parameters except the input-embedding table; the head counts.
 
     For a tied model the shared matrix is a parameter once and counts as the head.
+    LoRA parameters are left out (the formula ignores their small FLOPs).
     """
-    total = sum(p.numel() for p in model.parameters())
+    # LoRA matrices (when the model carries an adapter) are not part of N: their FLOPs are ignored.
+    total = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     tied = emb is head or emb.data_ptr() == head.data_ptr()
@@ -1115,8 +1117,8 @@ def cli_bench(a) -> int:
             if q.get("run_dir"):
                 log("bench: merging the stand-in run (fresh process)")
                 result["merge"] = measure_merge(Path(q["run_dir"]), work, base["path"])
-            if mm.get("cuda_available"):
-                result["training"]["gpu"] = _gpu_block(work, data_path, tiny_path_for_tok=tiny["path"])
+        if mm.get("cuda_available") and not quick:
+            result["training"]["gpu"] = _gpu_block(work, data_path, tiny_path_for_tok=tiny["path"])
         # a second matmul measurement at the end: the peak is the best seen (CPU shared / noisy)
         mm2 = {"error": "skipped"} if quick else run_isolated(
             _measure_matmul_peak, (mmk["n"], mmk["repeats"], mmk["per_repeat"]), label="matmul2", workdir=work)

@@ -87,6 +87,11 @@ def test_matmul_param_count_tied_and_untied():
     assert t["n_flops"] == t["total"]  # the shared matrix counts once, as the head
     assert u["n_flops"] == u["total"] - 100 * 8  # input lookup table excluded, output matrix counted
     assert t["n_flops"] == u["n_flops"]
+    # an attached LoRA adapter does not change N
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(untied, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert bench.matmul_param_count(peft_model.get_base_model()) == u
 
 
 def test_qwen05b_shape_has_the_published_parameter_count():

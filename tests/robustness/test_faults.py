@@ -133,3 +133,27 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
         pickle.dump(_Evil(), f)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(bad)
+
+
+def test_eval_killed_midway_leaves_no_results_and_rerun_succeeds(tmp_path, tiny_model_dir):
+    """A killed `qwenft eval` leaves no results.json for gates or cards to accept; a rerun completes."""
+    from qwenft.config import load_recipe
+    from qwenft.trainer import train
+
+    run = train(load_recipe(REPO / "recipes" / "smoke.yaml",
+                            [f"output_dir={tmp_path}", "training.max_steps=1", "training.save_steps=100"]))
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "-m", "qwenft.cli", "eval", str(run), "--suite", "json_extraction", "--limit", "4",
+           "--mode", "unconstrained", "--max-new-tokens", "24", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("samples_*.jsonl")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"tuned", "base"}
