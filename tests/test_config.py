@@ -91,11 +91,14 @@ eval: {suites: [suites/mine.jsonl, json_extraction]}
 
 def test_shipped_recipes_all_load(repo_root):
     files = sorted((repo_root / "configs").glob("*.yaml")) + sorted((repo_root / "recipes").glob("*.yaml"))
-    assert {f.name for f in files} >= {"sft.yaml", "qlora.yaml", "smoke.yaml"}
+    assert {f.name for f in files} >= {"sft.yaml", "qlora.yaml", "smoke.yaml", "demo.yaml",
+                                       "json_extraction.yaml", "chat.yaml"}
     for f in files:
         r = load_recipe(f)
         for s in r.data.sources + r.data.validation_sources:
-            assert Path(s.path).is_file(), (f, s.path)
+            # local files must exist; a Hub dataset id (recipes/chat.yaml) is ORG/NAME
+            hub_id = not s.path.startswith("/") and s.path.count("/") == 1 and "." not in Path(s.path).name
+            assert hub_id or Path(s.path).is_file(), (f, s.path)
     assert load_recipe(repo_root / "configs" / "qlora.yaml").quantization.load_in_4bit
     smoke = load_recipe(repo_root / "recipes" / "smoke.yaml")
     assert smoke.model.base_model == "tiny-random" and smoke.data.sources[0].weight == 0.1
