@@ -462,3 +462,34 @@ def test_bad_folder_or_revision_is_a_user_error_before_any_request(tiny, hub_ser
     with pytest.raises(UserError, match="max_retries"):
         push(hub_server, folder, max_retries=0)
     assert hub_server.requests == []
+
+
+def test_recipe_push_block_pushes_after_training_and_merge(hub_server, hub_env, monkeypatch, tmp_path,
+                                                           tiny_model_dir):
+    """`push:` in a recipe: train -> merge -> (eval) -> gates -> push, through the real client."""
+    from qwenft.config import load_recipe
+    from qwenft.pipeline import after_training
+    from qwenft.trainer import train
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TEST_TOKEN)
+    repo = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(repo / "recipes" / "smoke.yaml",
+                         [f"output_dir={tmp_path}", "training.max_steps=1", "training.save_steps=100",
+                          "eval.suites=[]", "eval.lm_eval_tasks=[]", "push.repo_id=testuser/smoke-merged"])
+    run = train(recipe)
+    after_training(run, recipe, merge=False, evaluate=False)
+    files = hub_server.files("testuser/smoke-merged")
+    assert {"config.json", "model.safetensors", "README.md", "qwenft_merge.json"} <= set(files)
+    assert files["model.safetensors"] == (run / "merged" / "model.safetensors").read_bytes()
+    for name, data in files.items():
+        assert TEST_TOKEN.encode() not in data, name
+    # gates that the (missing) evaluation cannot meet stop the push, naming the gate
+    from qwenft.errors import UserError
+
+    gated = load_recipe(repo / "recipes" / "smoke.yaml",
+                        [f"output_dir={tmp_path}", "eval.suites=[]", "eval.lm_eval_tasks=[]",
+                         "push.repo_id=testuser/gated", "eval.gates={json_extraction.unconstrained.all.field_f1: 0.5}"])
+    with pytest.raises(UserError, match="field_f1"):
+        after_training(run, gated, merge=False, evaluate=False)
+    assert "testuser/gated" not in hub_server.repos
