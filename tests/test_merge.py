@@ -178,7 +178,7 @@ def test_stand_in_merge_after_real_steps(tmp_path, stand_in_dir):
 
     from qwenft.merge import merge_run
 
-    run = _train(tmp_path, "model.base_model=stand-in", "training.batch_size=2", "data.max_length=256",
+    run = _train(tmp_path, "model.base_model=stand-in", "training.batch_size=2", "data.max_length=512",
                  "data.sources=[{path: %s, weight: 0.01}]" % (REPO / "recipes/data/json_extraction_train.jsonl"),
                  "training.learning_rate=1e-4")
     out = merge_run(run, dtype="bf16")
