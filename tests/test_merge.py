@@ -186,7 +186,7 @@ def test_stand_in_merge_after_real_steps(tmp_path, stand_in_dir):
     par = rec["parity"]
     assert par["in_memory_fp32"]["max_abs_logit_diff"] < 1e-2
     assert par["exported"]["max_abs_logit_diff"] < par["threshold"]
-    assert par["exported"]["greedy_token_agreement"] > 0.95
+    assert par["exported"]["greedy_token_agreement"] > 0.9
     assert par["generation"]["stopped_at_im_end"] >= 2  # a real instruct model stops at <|im_end|>
     assert par["parameters"]["tied_embeddings"] is False
     assert par["parameters"]["merged"] == par["parameters"]["base"] > 600_000_000
