@@ -3,13 +3,15 @@
 What is measured (everything on the same machine, in the same run):
 
 1. Training throughput of qwenft's training path (`qwenft.trainer.train`, the code
-   `qwenft train` runs) against plain TRL `SFTTrainer` with its defaults, on a
+   `qwenft train` runs) against plain TRL `SFTTrainer` with its defaults (and with
+   fp32 + no gradient checkpointing, TRL's defaults minus its CPU-hostile ones), on a
    generated chat dataset whose lengths follow a truncated log-normal (multi-turn
    included). Same model, data, LoRA settings, max length, effective batch, steps and
-   seed. Each side runs in a fresh process (forked from a parent that imported the
-   libraries and computed nothing), so peak RSS figures are separate. Warm-up steps are
-   excluded; tokens are counted from the batches each `training_step` receives.
-   An ablation shows what each qwenft knob (padding-free batches, native loss) adds.
+   seed; every side sees the same batches. Each side runs in a fresh process (forked
+   from a parent that imported the libraries and computed nothing, so the imports are
+   paid once), so peak RSS figures are separate. Warm-up steps are excluded; tokens are
+   counted from the batches each `training_step` receives. An ablation shows what each
+   qwenft knob (padding-free batches, native loss) adds.
 2. MFU: model FLOPs = 4 * N * real tokens (LoRA: forward 2N + activation gradients 2N,
    no weight gradients for frozen weights; full fine-tuning would be 6N) over a
    matrix-multiply peak measured in the same run.
@@ -259,6 +261,8 @@ def summarize_steps(steps: list[dict], warmup: int) -> dict:
     and token counts (sums over its micro-batches). step time = t_end[k] - t_end[k-1]
     (the whole loop: fetch + collate, forward, backward, optimizer, logging);
     compute time = t_end[k] - t_begin[k] (from on_step_begin, after the batch is fetched).
+    cpu_util: CPU seconds the process used over those steps / their wall seconds (how many
+    cores it really had: 2.0 on an idle 2-core machine, less when others compete).
     """
     steps = sorted(steps, key=lambda s: s["step"])
     timed = [s for s in steps if s["step"] > warmup]
@@ -269,7 +273,11 @@ def summarize_steps(steps: list[dict], warmup: int) -> dict:
     compute = [s["t_end"] - s["t_begin"] for s in timed]
     tot = {k: sum(s[k] for s in timed) for k in ("processed", "real", "padding", "trained", "sequences")}
     secs = sum(loop)
+    prev_cpu = {s["step"]: s.get("cpu_end") for s in steps}
+    cpu = [s.get("cpu_end") - prev_cpu[s["step"] - 1] for s in timed
+           if s.get("cpu_end") is not None and prev_cpu.get(s["step"] - 1) is not None]
     return {
+        "cpu_util": sum(cpu) / secs if cpu and len(cpu) == len(timed) and secs > 0 else None,
         "timed_steps": len(timed), "warmup_steps": warmup,
         "seconds": secs, "step_s": secs / len(timed), "compute_step_s": sum(compute) / len(timed),
         "real_tokens": tot["real"], "processed_tokens": tot["processed"], "padding_tokens": tot["padding"],
@@ -300,6 +308,12 @@ def _rss_now_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return 0.0
+
+
+def _cpu_now() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _peak_rss_mb() -> float:
@@ -473,6 +487,7 @@ def _step_timer():
         def __init__(self):
             self.begin: dict[int, float] = {}
             self.end: dict[int, float] = {}
+            self.cpu: dict[int, float] = {}
             self.train_begin = None
 
         def on_train_begin(self, args, state, control, **kw):
@@ -483,6 +498,7 @@ def _step_timer():
 
         def on_step_end(self, args, state, control, **kw):
             self.end[state.global_step] = time.perf_counter()  # global_step already counts this step
+            self.cpu[state.global_step] = _cpu_now()
 
     return StepTimer()
 
@@ -507,8 +523,7 @@ def _steps_from(timer, counts, n_steps: int) -> list[dict]:
         if s not in timer.end or s not in counts:
             continue
         steps.append({"step": s, "t_begin": timer.begin.get(s, timer.end[s]), "t_end": timer.end[s],
-                      **counts[s]})
-    # step 0's end: training start, so step 1 has a loop time too (it is warm-up anyway)
+                      "cpu_end": timer.cpu.get(s), **counts[s]})
     return steps
 
 
@@ -538,6 +553,7 @@ def _side_result(kind, steps, cfg, model, setup_s, train_s, extra) -> dict:
 
     n = matmul_param_count(model.get_base_model() if hasattr(model, "get_base_model") else model)
     res = {"kind": kind, "steps": steps, "n_params": n, "setup_s": setup_s, "train_s": train_s,
+           "loadavg_1m_at_end": os.getloadavg()[0],
            "warmup": cfg["warmup"], "timed": cfg["timed"], "batch": cfg["batch"], "ga": cfg["ga"], **extra}
     log(f"bench: {kind} done ({len(steps)} steps recorded, train {train_s:.1f} s)")
     return res
@@ -631,7 +647,8 @@ def train_trl_side(spec: dict) -> dict:
     train_s = (timer.end.get(n_steps, time.perf_counter()) - timer.train_begin) if timer.train_begin else 0.0
     steps = _steps_from(timer, counts, n_steps)
     a = trainer.args
-    extra = {"overrides": overrides, "bf16_autocast": bool(a.bf16), "gradient_checkpointing": bool(a.gradient_checkpointing),
+    extra = {"overrides": overrides, "bf16_autocast": bool(a.bf16),
+             "gradient_checkpointing": bool(a.gradient_checkpointing),
              "packing": bool(a.packing), "padding_free": bool(a.padding_free),
              "assistant_only_loss": bool(a.assistant_only_loss), "optim": str(a.optim),
              "dtype": str(dtype).replace("torch.", ""), "device": device,
@@ -661,11 +678,12 @@ def eval_generation(spec: dict) -> dict:
     generate_batch(model, tok, convs[:1], max_new_tokens=2, batch_size=1, progress=False)  # warm-up
 
     def timed(**kw):
-        t = time.perf_counter()
+        t, c, load = time.perf_counter(), _cpu_now(), os.getloadavg()[0]
         res = generate_batch(model, tok, convs, max_new_tokens=mnt, progress=False, **kw)
         dt = time.perf_counter() - t
         n = sum(r.n_tokens for r in res)
         return res, {"seconds": dt, "new_tokens": n, "tokens_per_s": n / dt if dt > 0 else 0.0,
+                     "cpu_util": (_cpu_now() - c) / dt if dt > 0 else None, "loadavg_1m_at_start": load,
                      "stopped": sum(r.stopped for r in res), "hit_budget": sum(r.hit_budget for r in res)}
 
     r8, batched = timed(batch_size=spec["batch"])
@@ -758,7 +776,8 @@ def _merge_probe(run_dir: str, out: str, result_path: str) -> int:
     card.write_model_card = timed("model card", card.write_model_card)
     peft.PeftModel.from_pretrained = timed("attach adapter (PeftModel.from_pretrained)", peft.PeftModel.from_pretrained)
     BaseTuner.merge_and_unload = timed("merge_and_unload", BaseTuner.merge_and_unload)
-    transformers.PreTrainedModel.save_pretrained = timed("save_pretrained", transformers.PreTrainedModel.save_pretrained)
+    transformers.PreTrainedModel.save_pretrained = timed("save_pretrained",
+                                                         transformers.PreTrainedModel.save_pretrained)
     auto = transformers.AutoModelForCausalLM.from_pretrained
     transformers.AutoModelForCausalLM.from_pretrained = timed("AutoModelForCausalLM.from_pretrained", auto)
     error = None
@@ -968,12 +987,13 @@ def _targets(result: dict) -> list[dict]:
             why = block["sides"][ref_key].get("error")
             out.append({"target": f"training ({which}): qwenft >= 1.5x {label} on non-padding tokens/s, "
                                   f"padding <= 5%",
-                        "measured": (f"{_fmt(r, 2)}x, padding {_fmt(pad * 100, 1)}%" if ok is not None
+                        "measured": (f"{r:.3f}x, padding {pad * 100:.1f}%" if ok is not None
                                      else "not measured" + (f" ({why.strip().splitlines()[-1][:120]})" if why else "")),
                         "value": r, "pass": ok})
     ev = result.get("eval") or {}
     r = ev.get("batched_vs_one_by_one")
-    out.append({"target": "eval: batched >= 3x one-by-one (new tokens/s)", "measured": f"{_fmt(r, 2)}x",
+    out.append({"target": "eval: batched >= 3x one-by-one (new tokens/s)",
+                "measured": f"{r:.3f}x" if r is not None else "not measured",
                 "value": r, "pass": None if r is None else r >= 3.0})
     mg = result.get("merge") or {}
     failed = bool(mg) and mg.get("exit_code") != 0
@@ -994,14 +1014,20 @@ def _markdown(result: dict) -> str:
     m = result["machine"]
     mm = result["matmul_peak"]
     L = [f"# qwenft bench ({result['mode']})", "",
-         f"{result['date']} - {m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers "
+         f"{result['date']} - {m['cpu']}, {m['cores']} cores (load average {m.get('loadavg_1m_at_start', 0):.1f} "
+         f"at start), torch {m['torch']}, transformers "
          f"{m['transformers']}, trl {m['trl']}, peft {m['peft']}. Matmul peak (fp32 torch.mm "
          f"{mm['n']}x{mm['n']}, best of {mm['repeats']}, {mm['threads']} threads): {mm['gflops']:.1f} GFLOP/s.",
          "", f"Dataset: {result['dataset']['rows']} generated chat rows, lengths log-normal (median "
          f"{result['dataset']['median']}, sigma {result['dataset']['sigma']}) truncated to "
-         f"[{result['dataset']['lo']}, {result['dataset']['hi']}] tokens, {result['dataset']['multi_turn_fraction']:.0%} multi-turn."]
+         f"[{result['dataset']['lo']}, {result['dataset']['hi']}] tokens, "
+         f"{result['dataset']['multi_turn_fraction']:.0%} multi-turn. Whole bench: "
+         f"{result.get('total_s', 0) / 60:.1f} min."]
     for name, block in result["training"].items():
         if not block:
+            continue
+        if "sides" not in block:
+            L += ["", f"## Training: {name}: failed ({str(block.get('error'))[-300:]})"]
             continue
         n = block.get("n_params", {})
         dt = block.get("dataset_tokens") or {}
@@ -1011,7 +1037,8 @@ def _markdown(result: dict) -> str:
               f"grad accum {block['gradient_accumulation_steps']}; {block['timed_steps']} timed steps after "
               f"{block['warmup_steps']} warm-up; max length {block['max_length']}; LoRA r=16 alpha 32 all-linear."
               + (f" Rows tokenized: min {dt.get('min')}, median {dt.get('p50'):.0f}, p90 {dt.get('p90'):.0f}, "
-                 f"max {dt.get('max')} tokens; qwenft trains {dt.get('trained_fraction', 0):.0%} of them." if dt else ""),
+                 f"max {dt.get('max')} tokens; qwenft trains {dt.get('trained_fraction', 0):.0%} of them."
+                 if dt else ""),
               ""]
         rows = []
         for key, s in block["sides"].items():
@@ -1022,9 +1049,9 @@ def _markdown(result: dict) -> str:
             rows.append([SIDE_LABELS.get(key, key), f["real_tokens_per_s"], f["trained_tokens_per_s"],
                          f"{f['padding_fraction'] * 100:.1f}%", f["step_s"], s["peak_rss_mb"],
                          f"{f['mfu'] * 100:.2f}%", _fmt(s.get("qwenft_speedup"), 2) if key != "qwenft" else "1.00",
-                         _fmt(s.get("same_batches_as_qwenft"))])
+                         _fmt(s.get("same_batches_as_qwenft")), _fmt(f.get("cpu_util"), 2)])
         L.append(_table(["side", "real tok/s", "loss tok/s", "padding", "s/step", "peak RSS MB", "MFU",
-                         "qwenft / this", "same batches"], rows))
+                         "qwenft / this", "same batches", "cores used"], rows))
         if block.get("knobs"):
             L += ["", "Knobs (real tokens/s relative to qwenft with packing off + TRL loss): " + ", ".join(
                 f"{SIDE_LABELS.get(k, k).replace('qwenft: ', '')} {_fmt(v, 2)}x" for k, v in block["knobs"].items())]
@@ -1035,19 +1062,18 @@ def _markdown(result: dict) -> str:
           "padded batches, TRL's chunked output-head loss over every position, loss on the whole sequence "
           "(assistant_only_loss=False). 'loss tok/s' counts positions with a label: TRL's include system and "
           "user tokens, qwenft's only assistant turns. Same batches: every side saw the same examples in the "
-          "same order (same real tokens per step).", "",
+          "same order (same real tokens per step). 'cores used': the process's CPU seconds over the timed "
+          "wall seconds (2.00 = both cores of an idle 2-core machine; lower = other work competed).", "",
           "FLOPs: " + result["flops_formula"]]
     ev = result.get("eval")
     if ev and not ev.get("error"):
         L += ["", f"## Eval generation ({ev['model'][:60]}..., {ev['dtype']}, {ev['prompts']} json_extraction prompts, "
               f"max {ev['max_new_tokens']} new tokens)", ""]
-        L.append(_table(["mode", "new tokens", "seconds", "new tok/s", "stopped"], [
-            [f"batched ({ev['batch_size']})", ev["batched"]["new_tokens"], ev["batched"]["seconds"],
-             ev["batched"]["tokens_per_s"], ev["batched"]["stopped"]],
-            ["one by one", ev["one_by_one"]["new_tokens"], ev["one_by_one"]["seconds"],
-             ev["one_by_one"]["tokens_per_s"], ev["one_by_one"]["stopped"]],
-            [f"constrained, batched ({ev['batch_size']})", ev["constrained"]["new_tokens"],
-             ev["constrained"]["seconds"], ev["constrained"]["tokens_per_s"], ev["constrained"]["stopped"]]]))
+        L.append(_table(["mode", "new tokens", "seconds", "new tok/s", "stopped", "cores used"], [
+            [label, ev[k]["new_tokens"], ev[k]["seconds"], ev[k]["tokens_per_s"], ev[k]["stopped"],
+             _fmt(ev[k].get("cpu_util"), 2)]
+            for k, label in (("batched", f"batched ({ev['batch_size']})"), ("one_by_one", "one by one"),
+                             ("constrained", f"constrained, batched ({ev['batch_size']})"))]))
         L += ["", f"batched / one-by-one: {_fmt(ev['batched_vs_one_by_one'], 2)}x; constrained / unconstrained: "
               f"{_fmt(ev['constrained_vs_unconstrained'], 2)}x (grammar set-up once: {ev['grammar_init_s']:.1f} s); "
               f"same text batched vs one-by-one: {ev['same_text_batched_vs_one_by_one']:.0%}. Prompts: "
@@ -1104,7 +1130,8 @@ def cli_bench(a) -> int:
     work = Path(tempfile.mkdtemp(prefix="qwenft-bench-"))
     result: dict = {"bench": "qwenft", "mode": "quick" if quick else "default",
                     "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "machine": machine_info(), "flops_formula": FLOPS_FORMULA}
+                    "machine": {**machine_info(), "loadavg_1m_at_start": os.getloadavg()[0]},
+                    "flops_formula": FLOPS_FORMULA}
     try:
         # Preparing a base (first use) computes with torch: never in this parent process.
         tiny = run_isolated(_resolve, (TINY,), label="resolve-tiny", workdir=work)
@@ -1137,9 +1164,9 @@ def cli_bench(a) -> int:
                                                              sides, work, peak)
             if len(sides) < len(MAIN_SIDES):
                 result["training"]["stand_in"]["not_run"] = {
-                    "trl_defaults": f"TRL's CPU defaults autocast to bf16: this CPU's bf16 matmul runs at "
-                                    f"{mm.get('bf16_gflops', 0):.1f} GFLOP/s vs {mm['gflops']:.1f} fp32, so one "
-                                    f"stand-in step takes many minutes; set {STAND_IN_TRL_DEFAULTS_ENV}=1 to run it"}
+                    "trl_defaults": f"TRL's CPU defaults autocast to bf16, whose matmuls run several times slower "
+                                    f"than fp32 on this CPU (figures below), so one stand-in step takes many "
+                                    f"minutes; set {STAND_IN_TRL_DEFAULTS_ENV}=1 to run it"}
             log("bench: eval generation on the stand-in")
             ev = run_isolated(eval_generation, ({"model": STAND_IN, "prompts": EVAL_PROMPTS, "batch": EVAL_PROMPTS,
                                                  "max_new_tokens": EVAL_MAX_NEW_TOKENS},), label="eval", workdir=work)
@@ -1162,6 +1189,7 @@ def cli_bench(a) -> int:
                             _finish_side(s, mm["flops"])
         result["targets"] = _targets(result)
         result["total_s"] = time.perf_counter() - t_all
+        result["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     md = _markdown(result)

@@ -104,17 +104,19 @@ def test_qwen05b_shape_has_the_published_parameter_count():
 
 
 def test_summarize_steps_excludes_warmup():
-    def step(i, t_begin, t_end, real, processed, trained):
+    def step(i, t_begin, t_end, real, processed, trained, cpu_end):
         return {"step": i, "t_begin": t_begin, "t_end": t_end, "real": real, "processed": processed,
-                "padding": processed - real, "trained": trained, "sequences": 4}
+                "padding": processed - real, "trained": trained, "sequences": 4, "cpu_end": cpu_end}
 
-    steps = [step(1, 0.0, 10.0, 999, 999, 9), step(2, 10.5, 12.0, 100, 120, 50), step(3, 12.5, 14.0, 300, 380, 150)]
+    steps = [step(1, 0.0, 10.0, 999, 999, 9, 20.0), step(2, 10.5, 12.0, 100, 120, 50, 23.0),
+             step(3, 12.5, 14.0, 300, 380, 150, 26.0)]
     s = bench.summarize_steps(steps, warmup=1)
     assert s["timed_steps"] == 2 and s["seconds"] == pytest.approx(4.0)
     assert s["real_tokens_per_s"] == pytest.approx(100.0)
     assert s["trained_tokens_per_s"] == pytest.approx(50.0)
     assert s["padding_fraction"] == pytest.approx(100 / 500)
     assert s["compute_step_s"] == pytest.approx(1.5)
+    assert s["cpu_util"] == pytest.approx(6.0 / 4.0)  # 6 CPU seconds over 4 wall seconds
     with pytest.raises(ValueError):
         bench.summarize_steps(steps, warmup=0)
 
@@ -175,6 +177,7 @@ def test_quick_bench_end_to_end(tmp_path, tiny_model_dir):
         f = side["figures"]
         assert f["real_tokens_per_s"] > 0 and f["trained_tokens_per_s"] > 0, name
         assert f["step_s"] > 0 and side["peak_rss_mb"] > 0 and f["mfu"] > 0, name
+        assert f["cpu_util"] is not None and f["cpu_util"] > 0, name
         assert side["same_batches_as_qwenft"], name  # same data, order and steps on every side
     q = tiny["sides"]["qwenft"]
     assert q["figures"]["padding_fraction"] == 0.0 and q["padding_free"] and q["native_loss"]
