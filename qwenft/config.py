@@ -124,7 +124,7 @@ class EvalConfig:
     lm_eval_tasks: list[str] = opt(doc="lm-eval task names (shipped ones live in eval/tasks/)", factory=list)
     modes: list[Literal["unconstrained", "constrained"]] = opt(doc="Decoding modes for the JSON suites", factory=lambda: ["unconstrained", "constrained"])
     max_new_tokens: int = opt(256, "Token budget per answer", min=1)
-    batch_size: int = opt(8, "Generation batch size (left padding)", min=1)
+    batch_size: int = opt(16, "Generation batch size (left padding); larger = more tokens/s, more memory (KV cache)", min=1)
     limit: int | None = opt(None, "Evaluate only the first N rows of each suite/task", min=1)
     slices: list[str] = opt(doc="Only these suite slices (empty: all)", factory=list)
     compare_base: bool = opt(True, "Also evaluate the base model and report deltas")

@@ -22,6 +22,10 @@ HEADLINE = [("valid_strict_rate", "strict valid JSON"), ("field_f1", "field F1")
             ("exact_match_rate", "exact match")]
 
 
+def _fmt_loss(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "not recorded"
+
+
 def banner(i: int, n: int, msg: str) -> None:
     log("#" * 78)
     log(f"# [{i}/{n}] {msg}")
@@ -119,7 +123,7 @@ def write_report(out: Path, run_dir: Path, merged: Path | None, results: dict, s
         "## Training",
         f"{run['estimate']['steps']} steps of {run['estimate']['examples_per_step']} examples; "
         f"{audit['trained_tokens']} of {audit['tokens']} tokens trained ({audit['trained_fraction']:.1%}); "
-        f"final train loss {run.get('metrics', {}).get('train_loss')}.",
+        f"final train loss {_fmt_loss(run.get('metrics', {}).get('train_loss'))}.",
         "![loss](loss.png)",
         "## Data hygiene",
         f"Checked {split['training_rows_checked']} training/validation rows against {split['eval_rows_checked']} "

@@ -24,7 +24,7 @@ from .report_eval import write_markdown, write_png
 from .runs import write_json_atomic
 
 DEFAULTS = {"suites": ["json_extraction", "schema_following"], "lm_eval_tasks": [],
-            "modes": list(MODES), "max_new_tokens": 256, "batch_size": 8, "limit": None,
+            "modes": list(MODES), "max_new_tokens": 256, "batch_size": 16, "limit": None,
             "slices": [], "compare_base": True, "system_policy": "default"}
 
 
@@ -128,7 +128,7 @@ def _evaluate_one(name: str, spec, *, suite_rows, slice_filter, lm_eval_tasks, m
 
 
 def evaluate(target: str, *, suites: list[str], lm_eval_tasks: list[str], modes=MODES,
-             max_new_tokens: int = 256, batch_size: int = 8, limit: int | None = None,
+             max_new_tokens: int = 256, batch_size: int = 16, limit: int | None = None,
              system_policy: str = "default", out_dir: Path, compare_base: bool = True,
              slices=None) -> dict:
     """Evaluate `target` (and its base, when comparing); write the report files; return results."""
