@@ -98,8 +98,12 @@ MODES = {
 STAND_IN_TRL_DEFAULTS_ENV = "QWENFT_BENCH_STAND_IN_TRL_DEFAULTS"
 
 MERGE_PARITY_THRESHOLD = 50.0
-EVAL_PROMPTS = 8
-EVAL_MAX_NEW_TOKENS = 64
+# Eval generation as `make demo` runs it: 16 prompts, the 128-token demo budget, and
+# qwenft eval's default batch size (EvalConfig.batch_size); one-by-one is the same call
+# at batch size 1. Prefill (~170 prompt tokens a row) is compute-bound and costs the same
+# per row either way, so a shorter budget shrinks the ratio and a longer one grows it.
+EVAL_PROMPTS = 16
+EVAL_MAX_NEW_TOKENS = 128
 
 
 # --------------------------------------------------------------------------- pure arithmetic (tested)
@@ -1168,7 +1172,10 @@ def cli_bench(a) -> int:
                                     f"than fp32 on this CPU (figures below), so one stand-in step takes many "
                                     f"minutes; set {STAND_IN_TRL_DEFAULTS_ENV}=1 to run it"}
             log("bench: eval generation on the stand-in")
-            ev = run_isolated(eval_generation, ({"model": STAND_IN, "prompts": EVAL_PROMPTS, "batch": EVAL_PROMPTS,
+            from .config import EvalConfig
+
+            ev = run_isolated(eval_generation, ({"model": STAND_IN, "prompts": EVAL_PROMPTS,
+                                                 "batch": EvalConfig().batch_size,
                                                  "max_new_tokens": EVAL_MAX_NEW_TOKENS},), label="eval", workdir=work)
             result["eval"] = ev
             q = result["training"]["stand_in"]["sides"].get("qwenft", {})

@@ -52,3 +52,41 @@ def test_demo_refuses_training_data_that_contains_eval_prompts(tmp_path):
         check_data_split(recipe)
     ok = load_recipe(REPO / "recipes" / "demo.yaml")
     assert check_data_split(ok)["overlaps"] == 0
+
+
+def test_demo_killed_mid_run_then_rerun_completes(tmp_path, tiny_model_dir):
+    """`make demo` interrupted (kill -9 while training) and run again: the rerun starts clean
+    and finishes with every artifact; nothing from the killed run is taken as a result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "qwenft.cli", "demo", "--recipe", str(REPO / "recipes" / "smoke.yaml"),
+           "--out", str(out), "training.max_steps=40", "training.save_steps=2", "eval.slices=[held_out]",
+           "eval.limit=2", "eval.max_new_tokens=8", "eval.lm_eval_tasks=[]"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # kill once a checkpoint exists: training is under way, with state on disk to trip over
+    while time.time() < deadline and p.poll() is None and not list((out / "checkpoints").glob("checkpoint-*")):
+        time.sleep(0.2)
+    assert p.poll() is None, "the demo ended before it could be interrupted"
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert not (out / "report.md").exists() and not (out / "eval" / "results.json").exists()
+
+    cmd[cmd.index("training.max_steps=40")] = "training.max_steps=2"
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["estimate"]["steps"] == 2
+    # the rerun trained from scratch: the killed run's later checkpoints are gone
+    assert sorted(c.name for c in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert max(x.get("step", 0) for x in lines) == 2
+    assert (out / "report.md").is_file() and (out / "merged" / "config.json").is_file()
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"tuned", "base"}
