@@ -807,6 +807,8 @@ def _dir_bytes(path: Path, pattern: str = "*.safetensors") -> int:
 
 
 def measure_merge(run_dir: Path, work: Path, base_path: str) -> dict:
+    from .merge import DEFAULT_THRESHOLDS
+
     out = work / "merged"
     result = work / "merge_probe.json"
     cmd = [sys.executable, "-m", "qwenft.bench", "_merge_probe", str(run_dir), str(out), str(result)]
@@ -831,8 +833,9 @@ def measure_merge(run_dir: Path, work: Path, base_path: str) -> dict:
         parity = {"in_memory_fp32_max_abs_logit_diff": (par.get("in_memory_fp32") or {}).get("max_abs_logit_diff"),
                   "exported_max_abs_logit_diff": (par.get("exported") or {}).get("max_abs_logit_diff"),
                   "exported_greedy_agreement": (par.get("exported") or {}).get("greedy_token_agreement"),
-                  "threshold_used": par.get("threshold"), "default_threshold_bf16": 0.5,
-                  "would_pass_default": ((par.get("exported") or {}).get("max_abs_logit_diff") or 0) <= 0.5,
+                  "threshold_used": par.get("threshold"), "default_threshold_bf16": DEFAULT_THRESHOLDS["bf16"],
+                  "would_pass_default": ((par.get("exported") or {}).get("max_abs_logit_diff") or 0)
+                  <= DEFAULT_THRESHOLDS["bf16"], "merge_precision": par.get("merge_precision"),
                   "merge_record_seconds": rec.get("seconds")}
     except (OSError, ValueError):
         pass
@@ -1093,10 +1096,11 @@ def _markdown(result: dict) -> str:
         par = mg.get("parity") or {}
         if par:
             L += ["", f"Parity of this merge: exported bf16 vs base + adapter max |logit diff| "
-                  f"{_fmt(par.get('exported_max_abs_logit_diff'), 3)} (in-memory fp32 merge: "
-                  f"{_fmt(par.get('in_memory_fp32_max_abs_logit_diff'), 4)}); the bench runs it with "
+                  f"{_fmt(par.get('exported_max_abs_logit_diff'), 3)} (merge arithmetic: "
+                  f"{par.get('merge_precision')}); the bench runs it with "
                   f"parity_threshold {par.get('threshold_used')} so the timing covers the whole command; with the "
-                  f"default 0.5 it would {'pass' if par.get('would_pass_default') else 'FAIL'}."]
+                  f"default {par.get('default_threshold_bf16')} it would "
+                  f"{'pass' if par.get('would_pass_default') else 'FAIL'}."]
     elif mg:
         L += ["", f"## Merge: failed ({mg.get('error')})"]
     gpu = result["training"].get("gpu")

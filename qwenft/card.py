@@ -38,9 +38,10 @@ def write_model_card(out_dir: Path, run: dict, merge: dict, run_dir: Path) -> Pa
         front["base_model"] = base.get("requested")
     par = merge["parity"]
     rows = [["exported checkpoint (" + par["exported"]["dtype"] + ")", par["exported"]["max_abs_logit_diff"],
-             par["exported"]["greedy_token_agreement"], par["exported"]["positions"]],
-            ["in-memory fp32 merge", par["in_memory_fp32"]["max_abs_logit_diff"],
-             par["in_memory_fp32"]["greedy_token_agreement"], par["in_memory_fp32"]["positions"]]]
+             par["exported"]["greedy_token_agreement"], par["exported"]["positions"]]]
+    if par.get("in_memory_fp32"):  # only the fp32 merge path has an unrounded merged model to check
+        m = par["in_memory_fp32"]
+        rows.append(["in-memory fp32 merge", m["max_abs_logit_diff"], m["greedy_token_agreement"], m["positions"]])
     if par.get("other_merge"):
         v, o = par["vs_trained_4bit"], par["other_merge"]
         rows.append([f"vs the model as trained (4-bit base + adapter): merge onto {v['merged_onto']} "
@@ -73,7 +74,8 @@ def write_model_card(out_dir: Path, run: dict, merge: dict, run_dir: Path) -> Pa
                  [[audit.get("trained_tokens"), audit.get("trained_fraction"), audit.get("empty_examples"),
                    audit.get("truncated_turns"), audit.get("im_end_all_trained")]]),
         "## Merge parity",
-        f"Reference: {par['reference']}. Threshold on max |logit diff|: {par['threshold']}.",
+        f"Reference: {par['reference']}. Merge arithmetic: {par.get('merge_precision', 'fp32')}. "
+        f"Threshold on max |logit diff|: {par['threshold']}.",
         md_table(["checkpoint", "max |logit diff|", "greedy token agreement", "positions"], rows),
         f"Template parity: {par['template_parity']['examples']} examples, {par['template_parity']['mismatches']} "
         f"mismatches. Greedy generation stopped at `<|im_end|>` on {par['generation']['stopped_at_im_end']} of "
