@@ -8,6 +8,7 @@ validation examples. Written to a temp dir beside the target, renamed when done.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -68,19 +69,34 @@ class _Upcast(torch.nn.Module):
         return w.float()
 
 
+# A Linear with at least this many output rows (the 152k-row output head) is upcast in slices
+# of this many rows instead of whole: 58 MB of fp32 at a time instead of 545 MB, same logits.
+HEAD_SLICE_ROWS = 16384
+
+
+def _sliced_fp32_linear(mod, x):
+    w, b = mod.weight, mod.bias
+    out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
+    for i in range(0, w.shape[0], HEAD_SLICE_ROWS):
+        j = i + HEAD_SLICE_ROWS
+        out[..., i:j] = torch.nn.functional.linear(x.float(), w[i:j].float(), None if b is None else b[i:j].float())
+    return out
+
+
 class fp32_compute:
     """Run a bf16/fp16-STORED model's forward in fp32, without an fp32 copy of its weights.
 
     Every bf16 value is exactly an fp32 value, so upcasting each Linear weight and bias when
     used (torch parametrizations) and each embedding's output gives the same logits as
     the model loaded in fp32, at half the resident memory (the 0.5B stand-in: 1.3 GB
-    instead of 2.5 GB; the cost is a transient fp32 copy of one weight at a time, 0.5 GB
-    for the 152k-row output head). Removed on exit; the stored weights are untouched.
+    instead of 2.5 GB; the cost is a transient fp32 copy of one weight at a time, and of
+    the 152k-row output head one slice at a time). Removed on exit; the stored weights
+    are untouched.
     """
 
     def __init__(self, model):
         self.model = model
-        self.linears, self.hooks = [], []
+        self.linears, self.hooks, self.sliced = [], [], []
 
     def __enter__(self):
         from torch.nn.utils import parametrize
@@ -89,7 +105,10 @@ class fp32_compute:
             w = getattr(mod, "weight", None)
             if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.dtype == torch.float32:
                 continue
-            if isinstance(mod, torch.nn.Linear):
+            if isinstance(mod, torch.nn.Linear) and w.shape[0] >= 2 * HEAD_SLICE_ROWS:
+                mod.forward = functools.partial(_sliced_fp32_linear, mod)  # instance attr shadows the class's
+                self.sliced.append(mod)
+            elif isinstance(mod, torch.nn.Linear):
                 names = ["weight"] + (["bias"] if mod.bias is not None else [])
                 for name in names:
                     parametrize.register_parametrization(mod, name, _Upcast(), unsafe=True)
@@ -106,6 +125,8 @@ class fp32_compute:
                 parametrize.remove_parametrizations(mod, name, leave_parametrized=False)
         for h in self.hooks:
             h.remove()
+        for mod in self.sliced:
+            del mod.forward
         return False
 
 

@@ -244,4 +244,6 @@ def test_lean_bf16_merge_is_bit_identical_to_fp32_merge(tmp_path, tiny_model_dir
     assert all(p.dtype == torch.bfloat16 for p in m16.parameters())
     assert not any(hasattr(m, "parametrizations") for m in m16.modules())
     with fp32_compute(m16):
-        assert m16.lm_head.weight.dtype == torch.float32
+        assert m16.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # upcast when used
+        assert m16.lm_head.weight.dtype == torch.bfloat16  # the head is upcast slice by slice
+    assert "forward" not in vars(m16.lm_head)  # and restored on exit
