@@ -773,7 +773,7 @@ def _merge_probe(run_dir: str, out: str, result_path: str) -> int:
     from . import merge as m
     record("import torch/transformers/peft/qwenft", t0, rss0, 0)
 
-    m._base_model = timed("load base fp32 (_base_model)", m._base_model)
+    m._base_model = timed("load base (_base_model)", m._base_model)
     m._logits = timed("parity logits (_logits)", m._logits)
     m._check_stops = timed("stop check generate (_check_stops)", m._check_stops)
     m.template_parity = timed("template parity", m.template_parity)
