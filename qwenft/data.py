@@ -462,9 +462,11 @@ def _weighted(rows: list[Row], weight: float, rng: random.Random) -> list[Row]:
     return out
 
 
-def _source_rng(seed: int, s: LoadedSource, what: str) -> random.Random:
-    """A per-source generator: a file's split and sample depend only on the seed and its content."""
-    return random.Random(f"{seed}:{what}:{s.fingerprint}:{s.spec.path}")
+def _source_rng(seed: int, s: LoadedSource, what: str, index: int) -> random.Random:
+    """A per-source generator: a file's split and sample depend only on the seed, its content and
+    its place in the list, never on where the file lives (the same recipe in two clones trains
+    on the same rows in the same order)."""
+    return random.Random(f"{seed}:{what}:{s.fingerprint}:{index}")
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataReport:
@@ -481,7 +483,7 @@ def load_data(cfg: DataConfig, seed: int) -> DataReport:
         raise UserError(f"{len(bad)} bad data row(s): {shown}{more}. Fix these rows, or set "
                         f"data.on_bad_row: skip to train without them (each is reported).")
     train, val = [], []
-    for s in loaded:
+    for index, s in enumerate(loaded):
         rows = list(s.rows)
         if not rows:
             raise UserError(f"Data source {s.spec.path} has no usable rows (all {len(s.bad)} are bad, "
@@ -493,10 +495,10 @@ def load_data(cfg: DataConfig, seed: int) -> DataReport:
                 raise UserError(f"data.validation_fraction={cfg.validation_fraction} leaves no training "
                                 f"rows from {s.spec.path} ({len(rows)} usable rows); lower it, or give "
                                 f"data.validation_sources instead.")
-            held = set(_source_rng(seed, s, "split").sample(range(len(rows)), n_val))
+            held = set(_source_rng(seed, s, "split", index).sample(range(len(rows)), n_val))
             val += [r for i, r in enumerate(rows) if i in held]
             rows = [r for i, r in enumerate(rows) if i not in held]
-        rng = _source_rng(seed, s, "mix")
+        rng = _source_rng(seed, s, "mix", index)
         if cfg.shuffle:
             rng.shuffle(rows)
         train += _weighted(rows, s.spec.weight, rng)

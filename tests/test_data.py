@@ -419,3 +419,23 @@ def test_hub_id_offline_is_a_user_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m = str(pytest.raises(UserError, load_data, cfg(DataSource(path="someorg/somedata")), 0).value)
     assert "someorg/somedata" in m and "unreachable" in m and "local" in m
+
+
+def test_split_and_order_do_not_depend_on_where_the_file_lives(tmp_path):
+    """The same recipe in two clones (different absolute paths) trains on the same rows, in the
+    same order, with the same validation split; another seed changes them (not vacuous)."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "recipes" / "data" / "json_extraction_train.jsonl"
+    a, b = tmp_path / "clone-a" / "d.jsonl", tmp_path / "somewhere" / "else" / "d.jsonl"
+    for p in (a, b):
+        p.parent.mkdir(parents=True)
+        shutil.copy(src, p)
+
+    def order(path, seed):
+        rep = load_data(DataConfig(sources=[DataSource(path=str(path), weight=0.5)], validation_fraction=0.1),
+                        seed)
+        return ([r.messages for r in rep.train], [r.messages for r in rep.validation])
+
+    assert order(a, 42) == order(b, 42)
+    assert order(a, 42) != order(a, 43)
