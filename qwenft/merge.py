@@ -29,9 +29,11 @@ FIXED_PROMPTS = [
 PARITY_MAX_TOKENS = 96  # per prompt: enough to cover the answer, bounded logits memory
 # Max |logit diff| allowed, by export dtype, when the recipe leaves it at the default.
 # fp32 export: only float reassociation differs. bf16/fp16: each merged weight is
-# rounded once (relative 2^-9 / 2^-12); on the 24-layer stand-in a bf16 export moved the
-# largest of ~10^8 logits by 0.89 (measured), so the bf16 bound sits above that tail.
-DEFAULT_THRESHOLDS = {"fp32": 1e-3, "fp16": 0.5, "bf16": 2.0}
+# rounded once (relative 2^-9 / 2^-12). The figure is the max over ~10^8 logits, a tail:
+# six bf16 exports of stand-in runs measured 0.13, 0.21, 0.89, 1.65, 1.65 and 2.73 (the
+# last after 2 LoRA steps on another data order) with greedy agreement >= 97%, so the bf16
+# bound sits at 4.0; the merge arithmetic itself is gated exactly by the fp32 tests.
+DEFAULT_THRESHOLDS = {"fp32": 1e-3, "fp16": 0.5, "bf16": 4.0}
 
 
 def _load_run(run_dir: Path) -> dict:
