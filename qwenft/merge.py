@@ -207,12 +207,13 @@ def _param_count(model) -> int:
 def _check_stops(model, tok, convs) -> dict:
     """Greedy answers to `convs`, one left-padded batch (a third of the decode steps of one by
     one); counts the answers that end with <|im_end|> within 48 tokens."""
+    from .generate import _left_pad
+
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     seqs = [tok(render(tok, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"] for c in convs]
-    width = max(len(x) for x in seqs)
-    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs])
+    ids, mask = _left_pad(seqs, pad)
+    width = ids.shape[1]
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=48, do_sample=False,
                              eos_token_id=[eos], pad_token_id=pad, repetition_penalty=1.0,
